@@ -1,0 +1,55 @@
+"""The meta-learner contract shared by every algorithm and engine.
+
+`meta_step(batch)` fills `.grad` on the meta-parameters (mean over the batch's tasks)
+and returns metrics; it never steps an optimiser.  MAML and ProtoNet backpropagate
+the query loss; Reptile writes theta - mean(adapted theta) into `.grad` and is
+stepped by plain SGD with lr = epsilon.  One trainer serves all of them.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Dict
+
+import torch
+from torch import nn
+
+from ..tasks import EpisodeBatch
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct argmax predictions. logits [..., N, ways], labels [..., N] -> [...]."""
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean(dim=-1)
+
+
+class MetaLearner(abc.ABC):
+    """An algorithm bound to one model (its meta-parameters) and one engine."""
+
+    #: name of the engine that computes the meta-batch ('loop' or 'batched')
+    engine: str = "loop"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def zero_grad(self) -> None:
+        for p in self.model.parameters():
+            p.grad = None
+
+    @abc.abstractmethod
+    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+        """Fill `.grad` of the meta-parameters for `batch`; return {'loss', 'accuracy'} (means over tasks)."""
+
+    @abc.abstractmethod
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                ways: int) -> torch.Tensor:
+        """Adapt to one task's support set and return query logits [ways*queries, ways]."""
+
+    def query_accuracy(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Per-task query accuracy after adaptation, [B] (evaluation; no meta-gradient)."""
+        accs = []
+        for sx, sy, qx, qy in batch.tasks():
+            logits = self.predict(sx, sy, qx, batch.ways)
+            accs.append(accuracy(logits.detach(), qy))
+        return torch.stack(accs)

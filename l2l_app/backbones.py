@@ -1,0 +1,163 @@
+"""Backbones: Conv4 (Vinyals et al. 2016; Finn et al. 2017) and a linear-head classifier.
+
+Every normalisation layer is a `TaskBatchNorm2d`: batch statistics in training *and*
+evaluation (the transductive setting of the MAML paper and learn2learn's examples),
+no running statistics, so nothing can leak between tasks or between a model and its
+clones. It has two numerically equivalent implementations:
+
+* ``native``: `torch.nn.functional.batch_norm` (cuDNN on a GPU);
+* ``primitive``: mean, biased variance, rsqrt and an affine map.  Needed under
+  `torch.func.vmap` with second-order gradients, where the batching rule of native
+  batch_norm's double backward is wrong (pytorch/functorch#534).
+
+It can also normalise a batch that holds several tasks folded into dim 0 with
+per-task statistics (`tasks > 1`), which lets an engine run one large convolution
+for all tasks that share the same weights.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BN_EPS = 1e-5
+
+
+def primitive_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                         tasks: int = 1, eps: float = BN_EPS) -> torch.Tensor:
+    """Batch norm from primitive ops with statistics per task.
+
+    x: [tasks*N, C, H, W] (or [tasks*N, C]); statistics over each task's N samples and the spatial dims.
+    """
+    shape = x.shape
+    grouped = x.reshape(tasks, shape[0] // tasks, *shape[1:])
+    dims = [1] + list(range(3, grouped.dim()))
+    mean = grouped.mean(dim=dims, keepdim=True)
+    var = (grouped - mean).pow(2).mean(dim=dims, keepdim=True)
+    normed = (grouped - mean) * torch.rsqrt(var + eps)
+    view = [1, 1, -1] + [1] * (grouped.dim() - 3)
+    out = normed * weight.reshape(view) + bias.reshape(view)
+    return out.reshape(shape)
+
+
+def native_task_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           tasks: int, eps: float = BN_EPS) -> torch.Tensor:
+    """Per-task batch norm with one native (cuDNN) call: tasks moved into the channel dim.
+
+    x: [tasks*N, C, ...] -> [N, tasks*C, ...], normalised with weight/bias repeated per task.
+    Not for second-order gradients under `vmap` (see module docstring).
+    """
+    shape = x.shape
+    n, c = shape[0] // tasks, shape[1]
+    moved = x.reshape(tasks, n, *shape[1:]).transpose(0, 1).reshape(n, tasks * c, *shape[2:])
+    out = F.batch_norm(moved, None, None, weight.repeat(tasks), bias.repeat(tasks), training=True, eps=eps)
+    return out.reshape(n, tasks, *shape[1:]).transpose(0, 1).reshape(shape)
+
+
+class TaskBatchNorm2d(nn.Module):
+    """BatchNorm2d that always uses the current batch's statistics (no running stats).
+
+    Parameters are named `weight` and `bias` like `nn.BatchNorm2d`.
+    Attributes `impl` ('native' | 'primitive') and `tasks` are set by `batchnorm_mode`.
+    """
+
+    def __init__(self, channels: int, eps: float = BN_EPS) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+        self.impl = "native"
+        self.tasks = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.impl == "native" and self.tasks == 1:
+            return F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+        if self.impl == "native":
+            return native_task_batch_norm(x, self.weight, self.bias, self.tasks, self.eps)
+        return primitive_batch_norm(x, self.weight, self.bias, self.tasks, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, batch statistics only"
+
+
+@contextlib.contextmanager
+def batchnorm_mode(model: nn.Module, impl: str = "primitive", tasks: int = 1) -> Iterator[nn.Module]:
+    """Temporarily switch every TaskBatchNorm2d in `model` to `impl`, with `tasks` folded tasks."""
+    if impl not in ("native", "primitive"):
+        raise ValueError(f"batch-norm impl must be 'native' or 'primitive', got {impl!r}")
+    layers = [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+    saved = [(m.impl, m.tasks) for m in layers]
+    for m in layers:
+        m.impl, m.tasks = impl, tasks
+    try:
+        yield model
+    finally:
+        for m, (old_impl, old_tasks) in zip(layers, saved):
+            m.impl, m.tasks = old_impl, old_tasks
+
+
+def conv_block(in_channels: int, out_channels: int, max_pool: bool) -> nn.Sequential:
+    """3x3 conv -> batch norm -> ReLU -> 2x2 max-pool (or stride-2 conv when max_pool=False)."""
+    stride = 1 if max_pool else 2
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        TaskBatchNorm2d(out_channels),
+        nn.ReLU(),
+    ]
+    if max_pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Conv4(nn.Module):
+    """Four conv blocks; input [N, C, H, W] -> features [N, feature_size].
+
+    Omniglot 1x28x28 with 64 filters -> 64 features; mini-ImageNet 3x84x84 with 32 filters -> 800.
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
+                 max_pool: bool = True) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[conv_block(in_channels if i == 0 else hidden, hidden, max_pool)
+                                      for i in range(4)])
+        side = image_size
+        for _ in range(4):
+            side = side // 2 if max_pool else (side + 1) // 2
+        self.feature_size = hidden * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x).flatten(1)
+
+
+class Classifier(nn.Module):
+    """Backbone features followed by a linear layer over `ways` classes (MAML, Reptile)."""
+
+    def __init__(self, backbone: nn.Module, ways: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_size, ways)
+        self.feature_size = backbone.feature_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, hidden: int) -> nn.Module:
+    """Backbone by name ('conv4' max-pool, 'conv4-strided' stride-2 convs as in MAML's Omniglot net)."""
+    if name == "conv4":
+        return Conv4(in_channels, hidden, image_size, max_pool=True)
+    if name == "conv4-strided":
+        return Conv4(in_channels, hidden, image_size, max_pool=False)
+    raise ValueError(f"unknown backbone {name!r}; choose from conv4, conv4-strided")
+
+
+def assert_no_aliased_submodules(model: nn.Module) -> None:
+    """Raise if a submodule is registered under two names (breaks `functional_call`)."""
+    seen: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen and seen[id(module)] != name:
+            raise ValueError(f"submodule registered twice: {seen[id(module)]!r} and {name!r}")
+        seen.setdefault(id(module), name)

@@ -1,0 +1,75 @@
+"""Checkpoints: atomic writes, safe loads.
+
+A checkpoint is a plain dict of tensors and Python containers saved with
+`torch.save`; it is written to a temporary file in the same folder, fsynced and
+renamed over the old one, so a crash mid-write never leaves a truncated file.
+It is loaded with `torch.load(weights_only=True)`: a file that carries pickled code
+is refused, never executed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from .errors import CheckpointError
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}; "
+                              f"free some disk space or choose another --out") from None
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def save_checkpoint(state: Dict[str, Any], path: Path) -> None:
+    atomic_write(Path(path), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint safely; a missing, truncated, corrupted or code-carrying file raises CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found; train first or pass the right --run")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            raise CheckpointError(f"refusing to load {path}: it carries pickled code or objects that "
+                                  f"are not plain tensors ({first[:120]}); only load checkpoints you trust "
+                                  f"and re-save them as plain state dicts") from None
+        raise CheckpointError(f"checkpoint {path} is corrupted ({first[:120]}); "
+                              f"use the other checkpoint in the run directory or retrain") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first[:120]}); "
+                              f"use the other checkpoint in the run directory or retrain") from None

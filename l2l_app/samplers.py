@@ -1,0 +1,204 @@
+"""Two `TaskSource`s that turn a `SplitData` into meta-batches of few-shot episodes (`EpisodeBatch`).
+
+* `L2LTaskSource`: the reference -- learn2learn's `TaskDataset` over a `MetaDataset` with
+  NWays(ways), KShots(shots + queries), LoadData, RemapLabels, one task per `.sample()`.
+  learn2learn draws from Python's global `random`; this source keeps its own `random` state and
+  swaps it in only around its own draws, so the caller's global state is untouched and a resumed
+  source continues exactly.
+* `TensorTaskSource`: the whole split as one uint8 tensor on the device; a meta-batch is a few
+  tensor ops driven by a `torch.Generator` on that device.
+
+Both return images as float32 in [0, 1] (uint8 / 255), support ordered by class (class 0's
+`shots` images, then class 1's, ...), query likewise with `queries`, labels 0..ways-1.
+`sample_with_indices` also returns the source indices (into `split.images`) of every image.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Dict, Tuple
+
+import torch
+
+from l2l_app.datasets import SplitData, build_metadataset
+from l2l_app.errors import ConfigError
+from l2l_app.tasks import EpisodeBatch, TaskSource
+
+KINDS = ("l2l", "tensor")
+
+
+def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int, flag_prefix: str = "") -> None:
+    """Raise ConfigError (one line, naming the flag) if `split` cannot give ways-way shots-shot episodes."""
+    w, s, q = f"--{flag_prefix}ways", f"--{flag_prefix}shots", f"--{flag_prefix}queries"
+    where = split.describe()
+    if ways < 2:
+        raise ConfigError(f"{w} {ways} is too small: a few-shot task needs at least 2 classes; use {w} 2 or more")
+    if ways > split.num_classes:
+        raise ConfigError(f"{w} {ways} exceeds the {split.num_classes} classes of {where}; "
+                          f"use at most {split.num_classes}")
+    if shots < 1:
+        raise ConfigError(f"{s} {shots} is too small: each class needs at least 1 support image; use {s} 1 or more")
+    if queries < 1:
+        raise ConfigError(f"{q} {queries} is too small: each class needs at least 1 query image; "
+                          f"use {q} 1 or more")
+    per_class = split.images_per_class
+    if shots + queries > per_class:
+        raise ConfigError(f"{s} {shots} + {q} {queries} = {shots + queries} exceeds the {per_class} images per "
+                          f"class of {where}; lower {s} or {q} so that they sum to at most {per_class}")
+
+
+def _episode_labels(ways: int, per_class: int, num_tasks: int, device) -> torch.Tensor:
+    """long [num_tasks, ways*per_class]: 0,0,..,1,1,.. (each label `per_class` times)."""
+    return torch.arange(ways, device=device).repeat_interleave(per_class).expand(num_tasks, -1).contiguous()
+
+
+_PIXEL_TABLES: Dict[torch.device, torch.Tensor] = {}
+
+
+def _pixel_table(device: torch.device) -> torch.Tensor:
+    """float32 [256]: v / 255 computed on the CPU, so every device gives bit-identical pixels
+    (CUDA's division by a scalar multiplies by a reciprocal and can differ in the last bit)."""
+    if device not in _PIXEL_TABLES:
+        _PIXEL_TABLES[device] = (torch.arange(256, dtype=torch.float32) / 255.0).to(device)
+    return _PIXEL_TABLES[device]
+
+
+def _batch_from_indices(images: torch.Tensor, support_idx: torch.Tensor, query_idx: torch.Tensor,
+                        ways: int, shots: int, queries: int) -> EpisodeBatch:
+    """Gather uint8 `images` [N, C, H, W] at [B, ways*shots] / [B, ways*queries] indices into an EpisodeBatch."""
+    b = support_idx.shape[0]
+    shape = images.shape[1:]
+    dev = images.device
+    lut = _pixel_table(dev)
+    sx = lut[images[support_idx.reshape(-1)].long()].reshape(b, ways * shots, *shape)
+    qx = lut[images[query_idx.reshape(-1)].long()].reshape(b, ways * queries, *shape)
+    return EpisodeBatch(sx, _episode_labels(ways, shots, b, dev), qx, _episode_labels(ways, queries, b, dev),
+                        ways, shots, queries)
+
+
+class L2LTaskSource:
+    """learn2learn reference sampler: `TaskDataset(MetaDataset, [NWays, KShots, LoadData, RemapLabels])`.
+
+    Each task is one `TaskDataset.sample()` (num_tasks=-1: a fresh task every call) drawn under
+    this source's private `random` state.  Images are stable-sorted by remapped label so the
+    support holds, for each class, the first `shots` of its `shots + queries` sampled images.
+    """
+
+    def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
+                 device: torch.device | str = "cpu", flag_prefix: str = "") -> None:
+        import learn2learn as l2l
+
+        validate_episode_shape(split, ways, shots, queries, flag_prefix)
+        self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
+        self.device = torch.device(device)
+        self.metadataset = build_metadataset(split, with_index=True)
+        t = l2l.data.transforms
+        transforms = [t.NWays(self.metadataset, ways), t.KShots(self.metadataset, shots + queries),
+                      t.LoadData(self.metadataset), t.RemapLabels(self.metadataset)]
+        outer = random.getstate()
+        try:  # guard against any draw made while building the task dataset
+            self.taskset = l2l.data.TaskDataset(self.metadataset, task_transforms=transforms, num_tasks=-1)
+        finally:
+            random.setstate(outer)
+        self._rng = random.Random(seed)
+
+    def _one_task(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One episode's (support_idx [ways*shots], query_idx [ways*queries]) under the private state."""
+        outer = random.getstate()
+        random.setstate(self._rng.getstate())
+        try:
+            _, y, idx = self.taskset.sample()
+        finally:
+            self._rng.setstate(random.getstate())
+            random.setstate(outer)
+        k = self.shots + self.queries
+        order = torch.argsort(torch.as_tensor(y), stable=True)
+        idx = torch.as_tensor(idx)[order].reshape(self.ways, k)
+        return idx[:, :self.shots].reshape(-1), idx[:, self.shots:].reshape(-1)
+
+    def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
+        """(batch, support_idx [B, ways*shots], query_idx [B, ways*queries]); indices into split.images."""
+        if num_tasks < 1:
+            raise ConfigError(f"number of tasks must be at least 1, got {num_tasks}")
+        parts = [self._one_task() for _ in range(num_tasks)]
+        support_idx = torch.stack([p[0] for p in parts])
+        query_idx = torch.stack([p[1] for p in parts])
+        # The loaded images (LoadData) equal split.images[idx] / 255; gathering them at once is cheaper
+        # than stacking per-task float copies, and keeps the batch on `device`.
+        batch = _batch_from_indices(self.split.images, support_idx, query_idx, self.ways, self.shots, self.queries)
+        return batch.to(self.device), support_idx, query_idx
+
+    def sample(self, num_tasks: int) -> EpisodeBatch:
+        return self.sample_with_indices(num_tasks)[0]
+
+    def state_dict(self) -> Dict[str, Any]:
+        version, internal, gauss = self._rng.getstate()
+        return {"kind": "l2l", "random_state": [version, list(internal), gauss]}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        version, internal, gauss = state["random_state"]
+        self._rng.setstate((version, tuple(int(v) for v in internal), gauss))
+
+
+class TensorTaskSource:
+    """On-device sampler: the split is one uint8 tensor on `device`; a meta-batch is a few tensor ops.
+
+    Per task: `ways` distinct classes (top-k of uniform keys over classes), then per class
+    `shots + queries` distinct images among that class's own images (top-k of uniform keys over an
+    index table [classes, max_count], padding keyed -inf so unequal class sizes are handled).
+    """
+
+    def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
+                 device: torch.device | str = "cpu", flag_prefix: str = "") -> None:
+        validate_episode_shape(split, ways, shots, queries, flag_prefix)
+        self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)
+        table, counts = split.index_table()
+        self.table = table.to(self.device)
+        self.valid = (torch.arange(table.shape[1]) < counts[:, None]).to(self.device)  # [C, M]
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    def sample_indices(self, num_tasks: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(support_idx [B, ways*shots], query_idx [B, ways*queries]) on `device`."""
+        if num_tasks < 1:
+            raise ConfigError(f"number of tasks must be at least 1, got {num_tasks}")
+        g, dev = self.generator, self.device
+        num_classes, width = self.table.shape
+        k = self.shots + self.queries
+        class_keys = torch.rand(num_tasks, num_classes, generator=g, device=dev)
+        classes = class_keys.topk(self.ways, dim=1).indices  # [B, W], distinct, uniformly random order
+        image_keys = torch.rand(num_tasks, self.ways, width, generator=g, device=dev)
+        image_keys = image_keys.masked_fill(~self.valid[classes], float("-inf"))
+        pos = image_keys.topk(k, dim=2).indices  # [B, W, K] distinct valid positions
+        idx = self.table[classes].gather(2, pos)  # [B, W, K] indices into images
+        return (idx[:, :, :self.shots].reshape(num_tasks, -1), idx[:, :, self.shots:].reshape(num_tasks, -1))
+
+    def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
+        support_idx, query_idx = self.sample_indices(num_tasks)
+        batch = _batch_from_indices(self.images, support_idx, query_idx, self.ways, self.shots, self.queries)
+        return batch, support_idx, query_idx
+
+    def sample(self, num_tasks: int) -> EpisodeBatch:
+        return self.sample_with_indices(num_tasks)[0]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"kind": "tensor", "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"].cpu())
+
+
+def build_task_source(kind: str, split: SplitData, ways: int, shots: int, queries: int, seed: int,
+                      device: torch.device | str = "cpu", flag_prefix: str = "") -> TaskSource:
+    """'l2l' -> L2LTaskSource, 'tensor' -> TensorTaskSource."""
+    if kind == "l2l":
+        return L2LTaskSource(split, ways, shots, queries, seed, device, flag_prefix)
+    if kind == "tensor":
+        return TensorTaskSource(split, ways, shots, queries, seed, device, flag_prefix)
+    import difflib
+
+    close = difflib.get_close_matches(str(kind), KINDS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown task source {kind!r}{hint}; valid: {', '.join(KINDS)}; "
+                      "pass --sampler with one of them")
