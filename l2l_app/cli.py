@@ -174,16 +174,20 @@ def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
 @click.option("--seed", type=int, default=None, help="episode seed (default: the run's eval seed)")
 @click.option("--device", default=None, help="auto | cpu | cuda")
 @click.option("--engine", default=None, help="auto | loop | batched")
+@click.option("--ways", type=int, default=None, help="episode classes (default: the run's --ways)")
+@click.option("--shots", type=int, default=None, help="support images per class (default: the run's)")
+@click.option("--queries", type=int, default=None, help="query images per class (default: the run's)")
 @click.option("--quiet", is_flag=True)
-def eval_cmd(run_dir, episodes, split, checkpoint, seed, device, engine, quiet) -> None:
+def eval_cmd(run_dir, episodes, split, checkpoint, seed, device, engine, ways, shots, queries, quiet) -> None:
     """Evaluate a run: mean accuracy and 95% CI over fixed-seed episodes."""
     from .trainer import evaluate_run
     result = evaluate_run(run_dir, split=split, episodes=episodes, checkpoint=checkpoint, seed=seed,
-                          device=device, engine=engine, progress=not quiet)
+                          device=device, engine=engine, progress=not quiet, ways=ways, shots=shots,
+                          queries=queries)
     p = result.protocol
     click.echo(f"{p['dataset']} {p['split']} {p['ways']}-way {p['shots']}-shot ({p['queries']} queries/class, "
                f"{p['checkpoint']} checkpoint, {p['batchnorm']}): accuracy {result}")
-    click.echo(f"written to {Path(run_dir) / f'eval-{split}-{checkpoint}.json'}")
+    click.echo(f"written to {Path(run_dir) / p['file']}")
 
 
 @cli.command()
@@ -201,6 +205,57 @@ def recipes(as_json) -> None:
         s = r.settings
         click.echo(f"{r.name:<{width}}  {s['ways']}w{s['shots']}s  {r.reported_accuracy}{ci}%  "
                    f"{r.source.split(',')[0]} {r.source.split('(')[1].split(')')[0]}, {r.table}")
+
+
+@cli.command()
+@click.option("--algo", default="maml", show_default=True, help="maml | protonet | reptile")
+@click.option("--dataset", default="omniglot", show_default=True, help="omniglot | miniimagenet (train split)")
+@click.option("--data-root", default=None, help="dataset folder (default: bundled Omniglot)")
+@click.option("--ways", type=int, default=5, show_default=True)
+@click.option("--shots", type=int, default=1, show_default=True)
+@click.option("--queries", type=int, default=15, show_default=True)
+@click.option("--meta-batch", type=int, default=32, show_default=True, help="tasks per meta-step")
+@click.option("--inner-steps", type=int, default=1, show_default=True)
+@click.option("--inner-lr", type=float, default=None, help="default: the config default")
+@click.option("--first-order/--second-order", default=False, help="FOMAML instead of MAML")
+@click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
+@click.option("--backbone", default="conv4", show_default=True)
+@click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
+              help="comma-separated: loop | torchmeta | batched | batched-compiled")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--warmup", type=int, default=None, help="untimed calls after the first (default 2 on CPU, 5 on GPU)")
+@click.option("--repeats", type=int, default=None, help="timed calls (default 5 on CPU, 30 on GPU)")
+@click.option("--with-sampler/--no-sampler", default=False,
+              help="also time end to end: each step draws its meta-batch (tensor sampler for batched, "
+                   "learn2learn TaskDataset otherwise)")
+@click.option("--sweep", "sweeps", multiple=True, help="meta-batch=1,4,16,32,64 or inner-steps=1,2,5,10 (repeatable)")
+@click.option("--synthetic", is_flag=True, help="random images of the dataset's shape instead of real data")
+@click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
+def bench(out, impls, sweeps, **settings) -> None:
+    """Time one meta-training step of each implementation on the same weights and episodes."""
+    from .bench import BenchSettings, parse_impls, parse_sweep, run_bench
+    s = BenchSettings(impls=parse_impls(impls), sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
+    result = run_bench(s, out)
+    for r in result["results"]:
+        if r.get("status") == "ok":
+            up = r.get("speedup_vs_loop")
+            click.echo(f"{r['impl']:<17} {r['mode']:<12} {r['median_ms']:10.1f} ms/step  "
+                       f"{r['tasks_per_s']:8.1f} tasks/s" + (f"  {up:.2f}x vs loop" if up else ""))
+        else:
+            click.echo(f"{r['impl']:<17} {r['mode']:<12} {r.get('status')}: {r.get('note')}")
+    click.echo(f"written to {Path(out) / 'bench.json'} and {Path(out) / 'bench.md'}")
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for report.md/.html and PNGs")
+def report(run_dirs, out) -> None:
+    """Markdown + HTML report of runs: test accuracy vs the published number, learning curves, configs."""
+    from .report import build_report
+    paths = build_report(run_dirs, out)
+    click.echo(f"written {paths['md']} and {paths['html']}")
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ Both return images as float32 in [0, 1] (uint8 / 255), support ordered by class 
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any, Dict, Tuple
 
 import torch
@@ -26,9 +27,16 @@ from l2l_app.tasks import EpisodeBatch, TaskSource
 KINDS = ("l2l", "tensor")
 
 
-def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int, flag_prefix: str = "") -> None:
-    """Raise ConfigError (one line, naming the flag) if `split` cannot give ways-way shots-shot episodes."""
-    w, s, q = f"--{flag_prefix}ways", f"--{flag_prefix}shots", f"--{flag_prefix}queries"
+EPISODE_FLAGS = ("--ways", "--shots", "--queries")
+
+
+def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int,
+                           flags: Tuple[str, str, str] = EPISODE_FLAGS) -> None:
+    """Raise ConfigError (one line, naming the flag) if `split` cannot give ways-way shots-shot episodes.
+
+    `flags` names the options that set (ways, shots, queries), e.g. ('--train-ways', '--shots', '--queries').
+    """
+    w, s, q = flags
     where = split.describe()
     if ways < 2:
         raise ConfigError(f"{w} {ways} is too small: a few-shot task needs at least 2 classes; use {w} 2 or more")
@@ -84,10 +92,10 @@ class L2LTaskSource:
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                 device: torch.device | str = "cpu", flag_prefix: str = "") -> None:
+                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> None:
         import learn2learn as l2l
 
-        validate_episode_shape(split, ways, shots, queries, flag_prefix)
+        validate_episode_shape(split, ways, shots, queries, flags)
         self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
         self.device = torch.device(device)
         self.metadataset = build_metadataset(split, with_index=True)
@@ -96,7 +104,9 @@ class L2LTaskSource:
                       t.LoadData(self.metadataset), t.RemapLabels(self.metadataset)]
         outer = random.getstate()
         try:  # guard against any draw made while building the task dataset
-            self.taskset = l2l.data.TaskDataset(self.metadataset, task_transforms=transforms, num_tasks=-1)
+            with warnings.catch_warnings():  # "TaskDataset is deprecated, use Taskset": same class in 0.2
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self.taskset = l2l.data.TaskDataset(self.metadataset, task_transforms=transforms, num_tasks=-1)
         finally:
             random.setstate(outer)
         self._rng = random.Random(seed)
@@ -148,8 +158,8 @@ class TensorTaskSource:
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                 device: torch.device | str = "cpu", flag_prefix: str = "") -> None:
-        validate_episode_shape(split, ways, shots, queries, flag_prefix)
+                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> None:
+        validate_episode_shape(split, ways, shots, queries, flags)
         self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
@@ -190,12 +200,12 @@ class TensorTaskSource:
 
 
 def build_task_source(kind: str, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                      device: torch.device | str = "cpu", flag_prefix: str = "") -> TaskSource:
+                      device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> TaskSource:
     """'l2l' -> L2LTaskSource, 'tensor' -> TensorTaskSource."""
     if kind == "l2l":
-        return L2LTaskSource(split, ways, shots, queries, seed, device, flag_prefix)
+        return L2LTaskSource(split, ways, shots, queries, seed, device, flags)
     if kind == "tensor":
-        return TensorTaskSource(split, ways, shots, queries, seed, device, flag_prefix)
+        return TensorTaskSource(split, ways, shots, queries, seed, device, flags)
     import difflib
 
     close = difflib.get_close_matches(str(kind), KINDS, n=1)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from . import registry, runtime
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ExperimentConfig, dump_json, load_json, validate
+from .config import ExperimentConfig, dump_json, load_json, validate, with_overrides
 from .datasets import DATASETS, SplitData, check_disjoint, load_split
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
@@ -130,7 +130,7 @@ class Trainer:
         check_disjoint({"train": self.train_split, "val": self.val_split})
         self.train_source = build_task_source(
             self.sampler, self.train_split, c.train_ways, c.train_shots, c.train_queries,
-            seed=c.run.seed, device=self.device, flag_prefix="train-" if c.task.train_ways else "")
+            seed=c.run.seed, device=self.device, flags=self._train_flags())
         # Build once to validate the evaluation episode shape against the validation split.
         self._val_source()
 
@@ -151,6 +151,12 @@ class Trainer:
                  "environment": runtime.environment()}, indent=2) + "\n")
 
     # ---- pieces -------------------------------------------------------------
+    def _train_flags(self) -> tuple[str, str, str]:
+        """The options that set the training episode shape, for error messages."""
+        t = self.config.task
+        return tuple(f"--train-{n}" if getattr(t, f"train_{n}") is not None else f"--{n}"
+                     for n in ("ways", "shots", "queries"))  # type: ignore[return-value]
+
     def _val_source(self):
         c = self.config
         return build_task_source(self.sampler, self.val_split, c.task.ways, c.task.shots, c.task.queries,
@@ -311,10 +317,21 @@ def load_run(run_dir: Path) -> ExperimentConfig:
 
 def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None,
                  checkpoint: str = "best", seed: int | None = None, device: str | None = None,
-                 engine: str | None = None, progress: bool = True) -> EvalResult:
-    """Evaluate a run's checkpoint on fixed-seed episodes of `split`; writes eval-<split>-<ckpt>.json."""
+                 engine: str | None = None, progress: bool = True, ways: int | None = None,
+                 shots: int | None = None, queries: int | None = None) -> EvalResult:
+    """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
+
+    ways/shots/queries override the run's evaluation episode shape (ProtoNet can test any
+    ways; MAML/Reptile's output layer fixes them).  Writes eval-<split>-<ckpt>.json, or
+    eval-<split>-<ckpt>-<W>w<S>s.json when the shape differs from the run's.
+    """
     run_dir = Path(run_dir)
-    config = load_run(run_dir)
+    trained = load_run(run_dir)
+    shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
+    config = validate(with_overrides(trained, shape))
+    if config.task.ways != trained.task.ways and config.algorithm.algo != "protonet":
+        raise ConfigError(f"--ways {config.task.ways}: this {config.algorithm.algo} model has a "
+                          f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
     if split not in ("train", "val", "test"):
@@ -333,12 +350,15 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     learner = registry.build_learner(config, model, engine, config.run.chunk_size)
     data = load_split(config.data.dataset, split, config.data.data_root, progress=progress)
     sampler = "l2l"
-    source = build_task_source(sampler, data, config.task.ways, config.task.shots, config.task.queries,
-                               seed=seed, device=dev)
     protocol = eval_protocol(config, split, episodes, seed, sampler, f"{checkpoint} (step {state['step']})")
     protocol["engine"] = engine
+    source = build_task_source(sampler, data, config.task.ways, config.task.shots, config.task.queries,
+                               seed=seed, device=dev)
+    suffix = "" if (config.task.ways, config.task.shots) == (trained.task.ways, trained.task.shots) \
+        else f"-{config.task.ways}w{config.task.shots}s"
+    out = run_dir / f"eval-{split}-{checkpoint}{suffix}.json"
+    protocol["file"] = out.name
     result = evaluate(learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
-    out = run_dir / f"eval-{split}-{checkpoint}.json"
     out.write_text(json.dumps(result.to_dict(with_accuracies=True), indent=2) + "\n")
     return result
 

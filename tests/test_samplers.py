@@ -143,7 +143,7 @@ def test_invalid_episode_shapes(kind, tiny_split):
         assert "\n" not in str(e.value)
     cls = L2LTaskSource if kind == "l2l" else TensorTaskSource
     with pytest.raises(ConfigError, match=r"--train-ways 13 exceeds the 12 classes"):
-        cls(tiny_split, 13, 1, 1, 0, flag_prefix="train-")
+        cls(tiny_split, 13, 1, 1, 0, flags=("--train-ways", "--shots", "--queries"))
 
 
 def test_unknown_kind(tiny_split):

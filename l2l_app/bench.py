@@ -1,0 +1,452 @@
+"""Timing harness: one meta-training step of each engine, in one process, on the same episodes.
+
+Implementations (``--impl``):
+
+* ``loop``: the learn2learn per-task engine (`registry.LOOP`), the reference and the baseline;
+* ``torchmeta``: `l2l_app.torchmeta_style`, a re-implementation of Torchmeta's way of computing
+  MAML (Torchmeta itself pins torch<1.10); MAML/FOMAML only;
+* ``batched``: the torch.func engine (`batched.BATCHED`); ``batched-compiled``: the same with
+  ``compile=True`` (its first call, compilation included, is reported as ``compile_s``).
+
+Every implementation starts from a deep copy of one initialised model and sees the same
+meta-batch.  Its first call gives the meta-gradient, compared with the loop's (relative L2);
+then ``warmup`` untimed calls and ``repeats`` timed ones.  Each timed call is bracketed by
+`torch.cuda.synchronize` on a GPU, so host launch overhead and device time are both counted
+(wall time per meta-step, what training sees).
+
+Memory: on CUDA, `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats` (per impl).
+On CPU, `resource.getrusage` only gives the process-lifetime peak RSS (``maxrss_lifetime_mb``:
+it can only grow, so a later impl inherits an earlier impl's peak); the per-impl figure
+``peak_mem_mb`` is therefore the highest RSS sampled from /proc/self/statm by a background thread
+every few ms during that impl's calls.  Same process, so same episodes and weights for every impl.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import resource
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import registry, runtime
+from .config import ExperimentConfig, validate, with_overrides
+from .errors import ConfigError
+from .tasks import EpisodeBatch
+
+IMPLS = ("loop", "torchmeta", "batched", "batched-compiled")
+SWEEPABLE = {"meta-batch": "meta_batch", "inner-steps": "inner_steps"}
+
+
+# ------------------------------------------------------------------------------ pure timing logic
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, sync: Optional[Callable[[], None]] = None,
+               clock: Callable[[], float] = time.perf_counter) -> List[float]:
+    """Call `fn` `warmup` times untimed, then `repeats` times timed; milliseconds per timed call.
+
+    `sync` (e.g. `torch.cuda.synchronize`) is called after every call and before each timed start,
+    so asynchronous device work is inside the interval it belongs to.  `clock` returns seconds.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"need warmup >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+        sync()
+    times: List[float] = []
+    for _ in range(repeats):
+        sync()
+        start = clock()
+        fn()
+        sync()
+        times.append((clock() - start) * 1000.0)
+    return times
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
+    if not values:
+        raise ValueError("percentile of no values")
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+def summarise(times: Sequence[float]) -> Dict[str, float]:
+    """{median, p10, p90, mean, min, max, n} of per-call times (ms)."""
+    return {"median": percentile(times, 50), "p10": percentile(times, 10), "p90": percentile(times, 90),
+            "mean": sum(times) / len(times), "min": min(times), "max": max(times), "n": len(times)}
+
+
+def speedup(baseline_ms: Optional[float], ms: Optional[float]) -> Optional[float]:
+    """How many times faster than the baseline (baseline / ms); None if either is missing."""
+    if baseline_ms is None or ms is None or ms <= 0:
+        return None
+    return baseline_ms / ms
+
+
+def relative_l2(grads: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]) -> float:
+    """||g - ref|| / ||ref|| over all named tensors (in float64); names must match."""
+    if set(grads) != set(reference):
+        missing = sorted(set(reference) ^ set(grads))
+        raise ValueError(f"gradient names differ: {missing[:4]}")
+    num = sum(float((grads[k].double().cpu() - reference[k].double().cpu()).pow(2).sum()) for k in reference)
+    den = sum(float(reference[k].double().cpu().pow(2).sum()) for k in reference)
+    return math.sqrt(num) / math.sqrt(den) if den > 0 else math.sqrt(num)
+
+
+# ------------------------------------------------------------------------------ memory
+class RssSampler:
+    """Highest resident set size (bytes) seen by a background thread while active (Linux /proc)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def current(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "RssSampler":
+        self.peak = self.current()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.current())
+
+
+def maxrss_lifetime_mb() -> float:
+    """Process-lifetime peak RSS (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+class MemoryMeter:
+    """Peak memory of a block: CUDA allocator peak on a GPU, sampled RSS on the CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb: Optional[float] = None
+        self.start_mb: Optional[float] = None
+        self._rss: Optional[RssSampler] = None
+
+    def __enter__(self) -> "MemoryMeter":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
+        else:
+            self._rss = RssSampler().__enter__()
+            self.start_mb = self._rss.peak / 2**20
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._rss is not None:
+            self._rss.__exit__(*exc)
+            self.peak_mb = self._rss.peak / 2**20
+
+
+# ------------------------------------------------------------------------------ building the impls
+@dataclass
+class BenchSettings:
+    algo: str = "maml"
+    dataset: str = "omniglot"
+    data_root: Optional[str] = None
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    meta_batch: int = 32
+    inner_steps: int = 1
+    inner_lr: Optional[float] = None
+    first_order: bool = False
+    hidden: int = 64
+    backbone: str = "conv4"
+    impls: Tuple[str, ...] = IMPLS
+    device: str = "auto"
+    warmup: Optional[int] = None
+    repeats: Optional[int] = None
+    with_sampler: bool = False
+    synthetic: bool = False
+    tf32: bool = False
+    seed: int = 0
+    sweeps: Dict[str, List[int]] = field(default_factory=dict)
+
+
+def parse_impls(text: str) -> Tuple[str, ...]:
+    impls = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [i for i in impls if i not in IMPLS]
+    if bad or not impls:
+        raise ConfigError(f"--impl {text!r}: unknown {', '.join(bad) or 'empty list'}; choose from "
+                          f"{', '.join(IMPLS)} (comma-separated)")
+    return impls
+
+
+def parse_sweep(text: str) -> Tuple[str, List[int]]:
+    """'meta-batch=1,4,16' -> ('meta-batch', [1, 4, 16])."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or name not in SWEEPABLE:
+        raise ConfigError(f"--sweep {text!r}: use NAME=V1,V2,... with NAME one of {', '.join(SWEEPABLE)}")
+    try:
+        vals = [int(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep {text!r}: values must be whole numbers, e.g. {name}=1,4,16") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"--sweep {text!r}: give at least one value, each >= 1")
+    return name, vals
+
+
+def experiment_config(s: BenchSettings, **changes: Any) -> ExperimentConfig:
+    overrides = dict(algo=s.algo, dataset=s.dataset, data_root=s.data_root, ways=s.ways, shots=s.shots,
+                     queries=s.queries, meta_batch=s.meta_batch, inner_steps=s.inner_steps,
+                     inner_lr=s.inner_lr, first_order=s.first_order, hidden=s.hidden, backbone=s.backbone,
+                     seed=s.seed, tf32=s.tf32)
+    overrides.update(changes)
+    return validate(with_overrides(ExperimentConfig(), overrides))
+
+
+def synthetic_split(dataset: str, ways: int, shots: int, queries: int, seed: int):
+    """Random uint8 images of the dataset's shape: 2*ways classes x (shots+queries) images."""
+    from .datasets import DATASETS, SplitData
+    spec = DATASETS[dataset]
+    classes, per_class = max(2 * ways, ways + 1), shots + queries
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (classes * per_class, spec.in_channels, spec.image_size, spec.image_size),
+                           dtype=torch.uint8, generator=g)
+    labels = torch.arange(classes).repeat_interleave(per_class)
+    return SplitData(images, labels, [f"synthetic{c:03d}" for c in range(classes)], dataset, "train (synthetic)")
+
+
+def build_impl(impl: str, config: ExperimentConfig, model: torch.nn.Module):
+    """A fresh learner for `impl` on a deep copy of `model`; (learner, None) or (None, reason to skip)."""
+    algo = config.algorithm.algo
+    kwargs = registry.learner_kwargs(config)
+    model = copy.deepcopy(model)
+    if impl == "loop":
+        return registry.LOOP[algo](model, **kwargs), None
+    if impl == "torchmeta":
+        if algo != "maml":
+            return None, f"not applicable: Torchmeta-style computation is MAML/FOMAML only (--algo {algo})"
+        from .torchmeta_style import TorchmetaMAML, from_classifier
+        return TorchmetaMAML(from_classifier(model), **kwargs), None
+    from .batched import BATCHED
+    return BATCHED[algo](model, **kwargs, chunk_size=None, compile=(impl == "batched-compiled")), None
+
+
+def sampler_kind(impl: str) -> str:
+    """The episode sampler each impl uses end to end: on-device tensors for batched, learn2learn otherwise."""
+    return "tensor" if impl.startswith("batched") else "l2l"
+
+
+def _grads(learner) -> Dict[str, torch.Tensor]:
+    return {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for k, p in learner.model.named_parameters()}
+
+
+Progress = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Bench:
+    """Holds the data, the initial model and the fixed meta-batches; measures impls on demand."""
+
+    def __init__(self, s: BenchSettings, progress: Progress = _stderr) -> None:
+        self.s = s
+        self.progress = progress
+        self.device = runtime.resolve_device(s.device)
+        runtime.set_tf32(s.tf32)
+        if s.warmup is None:
+            s.warmup = 2 if self.device.type == "cpu" else 5
+        if s.repeats is None:
+            s.repeats = 5 if self.device.type == "cpu" else 30
+        self.config = experiment_config(s)
+        from .datasets import load_split
+        self.split = (synthetic_split(s.dataset, s.ways, s.shots, s.queries, s.seed) if s.synthetic
+                      else load_split(s.dataset, "train", s.data_root, progress=False))
+        from .trainer import model_for
+        runtime.seed_everything(s.seed)
+        self.model = model_for(self.config).to(self.device)
+        self._batches: Dict[int, EpisodeBatch] = {}
+
+    def batch(self, meta_batch: int) -> EpisodeBatch:
+        """The fixed meta-batch of that size (learn2learn sampler, seeded): every impl gets this one."""
+        if meta_batch not in self._batches:
+            from .samplers import build_task_source
+            src = build_task_source("l2l", self.split, self.s.ways, self.s.shots, self.s.queries,
+                                    seed=self.s.seed, device=self.device)
+            self._batches[meta_batch] = src.sample(meta_batch)
+        return self._batches[meta_batch]
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def measure(self, impl: str, config: ExperimentConfig, end_to_end: bool = False,
+                reference: Optional[Dict[str, torch.Tensor]] = None, label: str = "") -> Dict[str, Any]:
+        """Time one impl on `config`'s meta-batch size; returns a result dict (status ok/skipped/error)."""
+        mb = config.optim.meta_batch
+        out: Dict[str, Any] = {"impl": impl, "mode": "end to end" if end_to_end else "compute only",
+                               "meta_batch": mb, "inner_steps": config.algorithm.inner_steps}
+        try:
+            learner, skip = build_impl(impl, config, self.model)
+        except Exception as exc:  # e.g. the batched engine unavailable: report, don't abort the bench
+            learner, skip = None, f"error building: {type(exc).__name__}: {exc}"
+            out["status"] = "error"
+        if learner is None:
+            out.setdefault("status", "skipped")
+            out["note"] = skip
+            self.progress(f"[bench] {label}{impl:<17} {out['status']}: {skip}")
+            return out
+        batch = self.batch(mb)
+        fn: Callable[[], Any]
+        if end_to_end:
+            from .samplers import build_task_source
+            source = build_task_source(sampler_kind(impl), self.split, self.s.ways, self.s.shots,
+                                       self.s.queries, seed=self.s.seed, device=self.device)
+            out["sampler"] = sampler_kind(impl)
+            fn = lambda: learner.meta_step(source.sample(mb))  # noqa: E731
+        else:
+            fn = lambda: learner.meta_step(batch)  # noqa: E731
+        try:
+            with MemoryMeter(self.device) as mem:
+                self.sync()
+                start = time.perf_counter()
+                metrics = learner.meta_step(batch)  # first call: gradient check (and compilation)
+                self.sync()
+                first_ms = (time.perf_counter() - start) * 1000.0
+                grads = _grads(learner)
+                times = time_calls(fn, self.s.warmup, self.s.repeats, self.sync)
+        except Exception as exc:
+            out.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            self.progress(f"[bench] {label}{impl:<17} error: {out['note']}")
+            return out
+        stats = summarise(times)
+        out.update(status="ok", times_ms=[round(t, 4) for t in times], first_call_ms=round(first_ms, 3),
+                   **{f"{k}_ms" if k != "n" else "repeats": v for k, v in stats.items()},
+                   tasks_per_s=mb / (stats["median"] / 1000.0), peak_mem_mb=mem.peak_mb,
+                   mem_before_mb=mem.start_mb,
+                   memory_kind="cuda max_memory_allocated" if self.device.type == "cuda"
+                   else "peak RSS sampled during this impl",
+                   loss=metrics.get("loss"))
+        if self.device.type != "cuda":
+            out["maxrss_lifetime_mb"] = maxrss_lifetime_mb()
+        if impl == "batched-compiled":
+            out["compile_s"] = getattr(learner, "compile_seconds", None) or first_ms / 1000.0
+        out["_grads"] = grads
+        if reference is not None:
+            out["grad_rel_l2_vs_loop"] = relative_l2(grads, reference)
+        mem_txt = f"{mem.peak_mb:.0f} MiB" if mem.peak_mb is not None else "n/a"
+        self.progress(f"[bench] {label}{impl:<17} {out['mode']:<12} mb={mb:<3} steps={out['inner_steps']:<2} "
+                      f"median {stats['median']:9.2f} ms (p10 {stats['p10']:.2f}, p90 {stats['p90']:.2f})  "
+                      f"{out['tasks_per_s']:8.1f} tasks/s  mem {mem_txt}")
+        return out
+
+
+def _finish(results: List[Dict[str, Any]]) -> None:
+    """Speed-ups over the loop of the same mode; drop the gradient tensors."""
+    base = {r["mode"]: r.get("median_ms") for r in results if r["impl"] == "loop" and r.get("status") == "ok"}
+    for r in results:
+        r.pop("_grads", None)
+        if r.get("status") == "ok":
+            r["speedup_vs_loop"] = speedup(base.get(r["mode"]), r["median_ms"])
+
+
+def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> Dict[str, Any]:
+    """Measure every impl (and every sweep), write bench.json, bench.md and sweep plots into `out_dir`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; choose a directory")
+    bench = Bench(s, progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    impls = list(s.impls)
+    if "loop" in impls:  # the loop is the reference for gradients and speed-ups: measure it first
+        impls.remove("loop")
+        impls.insert(0, "loop")
+    modes = [False, True] if s.with_sampler else [False]
+    results: List[Dict[str, Any]] = []
+    for end_to_end in modes:
+        reference = None
+        for impl in impls:
+            r = bench.measure(impl, bench.config, end_to_end, reference)
+            if impl == "loop" and r.get("status") == "ok":
+                reference = r["_grads"]
+            results.append(r)
+        _finish(results)
+    sweeps: Dict[str, List[Dict[str, Any]]] = {}
+    for name, values in s.sweeps.items():
+        rows: List[Dict[str, Any]] = []
+        for v in values:
+            config = experiment_config(s, **{SWEEPABLE[name]: v})
+            reference = None
+            for impl in impls:
+                r = bench.measure(impl, config, False, reference, label=f"{name}={v} ")
+                if impl == "loop" and r.get("status") == "ok":
+                    reference = r["_grads"]
+                r["value"] = v
+                rows.append(r)
+            if name == "meta-batch" and v != s.meta_batch:
+                bench._batches.pop(v, None)  # free the sweep's episodes
+            _finish(rows[-len(impls):])
+        sweeps[name] = rows
+    env = runtime.environment()
+    report: Dict[str, Any] = {
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+        "device": str(bench.device),
+        "device_name": env["cuda"] if bench.device.type == "cuda" else env["cpu"],
+        "tf32": {"requested": s.tf32, "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+                 "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+                 "applies": bench.device.type == "cuda"},
+        "data": "synthetic random images" if s.synthetic else f"{s.dataset} train split (load_split)",
+        "environment": env,
+        "timing": ("wall time per meta-step (meta_step fills .grad; no optimiser step), torch.cuda.synchronize "
+                   "before and after each timed call on CUDA; first call (gradient check, compilation) "
+                   f"excluded, then {s.warmup} warm-up and {s.repeats} timed calls"),
+        "memory": ("torch.cuda.max_memory_allocated per impl (reset before each)" if bench.device.type == "cuda"
+                   else "peak RSS sampled from /proc/self/statm during each impl's calls (same process); "
+                        "maxrss_lifetime_mb is getrusage's process-lifetime peak, which only grows"),
+        "torchmeta_note": "torchmeta = l2l_app.torchmeta_style, a re-implementation of Torchmeta's MAML "
+                          "computation (MetaModule forward(x, params), gradient_update_parameters, one task at "
+                          "a time); the torchmeta package itself requires torch<1.10",
+        "results": results,
+        "sweeps": sweeps,
+    }
+    from .report import bench_markdown, plot_sweep
+    (out_dir / "bench.json").write_text(_json(report))
+    plots = [plot_sweep(name, rows, out_dir / f"sweep-{name}.png") for name, rows in sweeps.items()]
+    report["plots"] = [p.name for p in plots]
+    (out_dir / "bench.json").write_text(_json(report))
+    (out_dir / "bench.md").write_text(bench_markdown(report))
+    return report
+
+
+def _json(obj: Any) -> str:
+    import json
+    return json.dumps(obj, indent=2, default=str) + "\n"
