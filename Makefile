@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
-DEMO_ITERS ?= 600
+DEMO_MINUTES ?= 3
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: install demo test test-all bench clean
@@ -25,8 +25,8 @@ $(STAMP): requirements.txt constraints.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/l2l-app train --algo protonet --dataset omniglot --ways 5 --shots 1 --queries 15 \
-	  --train-ways 60 --train-shots 1 --train-queries 5 --iterations $(DEMO_ITERS) --seed 0 \
+	$(VENV)/bin/l2l-app train --recipe protonet-omniglot-5w1s --iterations 100000 \
+	  --time-budget $(DEMO_MINUTES) --val-every 100 --val-episodes 100 --seed 0 \
 	  --out $(DEMO_DIR) --overwrite
 	$(VENV)/bin/l2l-app eval --run $(DEMO_DIR) --episodes 1000 --split test
 

@@ -42,18 +42,13 @@ from .algorithms.base import MetaLearner, accuracy
 from .algorithms.protonet import prototypes, squared_euclidean_logits
 from .algorithms.reptile import ADAM_BETAS, ADAM_EPS, minibatch_schedule
 from .backbones import assert_no_aliased_submodules, batchnorm_mode
+from .runtime import set_tf32  # noqa: F401  (re-exported: the engine's TF32 switch)
 from .tasks import EpisodeBatch
 
 Params = Dict[str, torch.Tensor]
 
 __all__ = ["BatchedProtoNet", "BatchedMAML", "BatchedReptile", "BATCHED", "choose_chunk_size",
            "set_tf32"]
-
-
-def set_tf32(enabled: bool) -> None:
-    """Allow (True) or forbid (False) TF32 in CUDA matmuls and cuDNN convolutions (no effect on CPU)."""
-    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
-    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 def _task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

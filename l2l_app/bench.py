@@ -399,6 +399,7 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
             if impl == "loop" and r.get("status") == "ok":
                 reference = r["_grads"]
             results.append(r)
+            _write_partial(out_dir, results)
         _finish(results)
     sweeps: Dict[str, List[Dict[str, Any]]] = {}
     for name, values in s.sweeps.items():
@@ -444,7 +445,14 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
     report["plots"] = [p.name for p in plots]
     (out_dir / "bench.json").write_text(_json(report))
     (out_dir / "bench.md").write_text(bench_markdown(report))
+    (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return report
+
+
+def _write_partial(out_dir: Path, results: List[Dict[str, Any]]) -> None:
+    """bench.partial.json after every measurement, so an interrupted bench keeps what it measured."""
+    rows = [{k: v for k, v in r.items() if k != "_grads"} for r in results]
+    (out_dir / "bench.partial.json").write_text(_json({"results": rows}))
 
 
 def _json(obj: Any) -> str:

@@ -40,7 +40,8 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}; "
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}{kept}; "
                               f"free some disk space or choose another --out") from None
     except BaseException:
         try:
@@ -62,12 +63,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported content"
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        # torch's message opens with a generic paragraph; the line that matters names the global
+        # (code or a class: refused) or the opcode it could not read (random or cut bytes).
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        code = next((line for line in lines if "GLOBAL" in line or "Unsupported global" in line), None)
+        if code is not None:
             raise CheckpointError(f"refusing to load {path}: it carries pickled code or objects that "
-                                  f"are not plain tensors ({first[:120]}); only load checkpoints you trust "
+                                  f"are not plain tensors ({code[:120]}); only load checkpoints you trust "
                                   f"and re-save them as plain state dicts") from None
-        raise CheckpointError(f"checkpoint {path} is corrupted ({first[:120]}); "
+        detail = next((line for line in lines if "Unsupported operand" in line), lines[0] if lines else "")
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({detail[:120] or 'unreadable'}); "
                               f"use the other checkpoint in the run directory or retrain") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -59,6 +59,7 @@ TRAIN_FLAGS = [
     ("compile", "--compile/--no-compile", "batched engine: torch.compile the meta-loss"),
     ("tf32", "--tf32/--no-tf32", "allow TF32 convolutions on GPUs (default off: exact fp32)"),
     ("skip_nonfinite", "--skip-nonfinite/--stop-nonfinite", "skip steps whose loss is NaN/inf"),
+    ("skip_bad_images", "--skip-bad-images/--no-skip-bad-images", "skip unreadable images (counted and reported)"),
 ]
 RESUME_CHANGEABLE = {"iterations", "time_budget", "device", "val_every", "checkpoint_every",
                      "checkpoint_minutes"}
@@ -164,6 +165,8 @@ def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
                f"best validation accuracy {best}; run: {run_dir}")
     if summary.skipped_steps:
         click.echo(f"skipped {summary.skipped_steps} steps with a non-finite loss")
+    if summary.bad_images:
+        click.echo(f"skipped {summary.bad_images} unreadable images (listed in {run_dir / 'run.json'})")
 
 
 @cli.command("eval")

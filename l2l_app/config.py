@@ -26,6 +26,7 @@ class DataConfig:
     dataset: str = "omniglot"
     data_root: Optional[str] = None
     sampler: str = "auto"
+    skip_bad_images: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ Omniglot (Lake et al. 2015, Science) preprocessing, as in learn2learn's Omniglot
 * convert the 105x105 1-bit PNG to 8-bit grey, resize to 28x28 with PIL's LANCZOS filter
   (antialiased), then **invert** so strokes are bright (255) on a dark (0) background --
   the polarity of learn2learn's ``1.0 - x`` transform;
-* the Vinyals et al. (2016) split lists `Alphabet/characterNN/rotDDD`; each rotation is its own
+* the Vinyals et al. (2016) split (or the data root's own `{train,val,test}.txt` when present)
+  lists `Alphabet/characterNN/rotDDD`; each rotation is its own
   class, made with ``torch.rot90(img, k=DDD // 90, dims=(-2, -1))``, i.e. DDD degrees
   **counterclockwise** (as `numpy.rot90`).
 
@@ -18,12 +19,18 @@ mini-ImageNet (Vinyals et al. 2016; split of Ravi & Larochelle 2017): `images/*.
 data root, `{train,val,test}.csv` (`filename,label`) from the data root when present, otherwise
 the packaged ones; RGB, resized to 84x84 with LANCZOS only when an image is not already 84x84.
 
+Images of any PIL mode (1-bit, grey, palette, RGB, RGBA, ...) are converted to the dataset's
+mode (L for Omniglot, RGB for mini-ImageNet), transparency composited over white.  An unreadable
+image raises DataError naming the file, or with `skip_bad_images` is left out and listed in
+`SplitData.skipped` (such a split is not cached).
+
 Shapes: `SplitData.images` is uint8 [N, C, H, W]; `labels` int64 [N] grouped by class.
 """
 from __future__ import annotations
 
 import csv
 import difflib
+import errno
 import hashlib
 import io
 import json
@@ -32,7 +39,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -73,7 +80,8 @@ class SplitData:
     """One split as tensors.
 
     images: uint8 [N, C, H, W]; labels: int64 [N] in 0..num_classes-1, grouped (non-decreasing);
-    class_names[c] names class c.  `dataset` / `split` only serve messages.
+    class_names[c] names class c.  `dataset` / `split` only serve messages.  `skipped` lists the
+    unreadable images left out when loaded with ``skip_bad_images`` ("path: reason").
     """
 
     images: torch.Tensor
@@ -81,6 +89,7 @@ class SplitData:
     class_names: List[str]
     dataset: str = ""
     split: str = ""
+    skipped: List[str] = field(default_factory=list)  # images left out by skip_bad_images (file: reason)
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
@@ -131,21 +140,28 @@ class SplitData:
 
 
 def load_split(dataset: str, split: str, data_root: Optional[PathLike] = None, cache: bool = True,
-               progress: bool = True, split_dir: Optional[PathLike] = None) -> SplitData:
+               progress: bool = True, split_dir: Optional[PathLike] = None,
+               skip_bad_images: bool = False) -> SplitData:
     """Load one split of `dataset` ('omniglot' | 'miniimagenet') as uint8 tensors.
 
     `data_root`: folder with the data (None: the bundled copy, Omniglot only).  `split_dir`:
     a folder with the split files to use instead (tests).  On a cache miss, every split of the
     dataset that misses is decoded in the same pass and cached (the archive is read once).
+
+    `skip_bad_images`: an unreadable or undecodable image is left out and listed in
+    `SplitData.skipped` instead of raising DataError.  A split from which an image was skipped
+    is never cached, so a cache always holds exactly what a strict load gives (the cache key
+    needs no flag) and every later run decodes again and reports the skipped files again.
     """
     return load_splits(dataset, (split,), data_root, cache=cache, progress=progress,
-                       split_dir=split_dir, check=False)[split]
+                       split_dir=split_dir, check=False, skip_bad_images=skip_bad_images)[split]
 
 
 def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root: Optional[PathLike] = None,
                 cache: bool = True, progress: bool = True, split_dir: Optional[PathLike] = None,
-                check: bool = True) -> Dict[str, SplitData]:
-    """Load several splits (default: all of the dataset's) in one pass; `check` asserts they are class-disjoint."""
+                check: bool = True, skip_bad_images: bool = False) -> Dict[str, SplitData]:
+    """Load several splits (default: all of the dataset's) in one pass; `check` asserts they are
+    class-disjoint.  `skip_bad_images`: see `load_split`."""
     spec = dataset_spec(dataset)
     splits = tuple(spec.splits if splits is None else splits)
     for s in splits:
@@ -173,14 +189,15 @@ def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root:
                 if _read_cache_path(spec, s, keys[s], source.root) is None:
                     missing.append(s)
         try:
-            built = _build(spec, source, {s: split_files[s] for s in missing}, progress)
+            built = _build(spec, source, {s: split_files[s] for s in missing}, progress, skip_bad_images)
         except DataError:
             if all(s in splits for s in missing):
                 raise
             # A problem in a split that was not asked for must not block the ones that were.
-            built = _build(spec, source, {s: split_files[s] for s in missing if s in splits}, progress)
+            built = _build(spec, source, {s: split_files[s] for s in missing if s in splits}, progress,
+                           skip_bad_images)
         for s, data in built.items():
-            if cache:
+            if cache and not data.skipped:  # never cache a split with holes (see load_split)
                 _write_cache(data, spec, s, keys[s], source.root)
             if s in splits:
                 out[s] = data
@@ -285,6 +302,7 @@ class _OmniglotSource(_Source):
                             "images_evaluation.zip, or the extracted folders images_background/ and "
                             "images_evaluation/; pass --data-root pointing at the folder that holds them")
         self._fp: Optional[str] = None
+        self._folders: Dict[Tuple[str, str], str] = {}  # (alphabet, char) -> its folder, for messages
 
     def fingerprint(self, split_file: Path) -> str:
         if self._fp is None:
@@ -301,17 +319,28 @@ class _OmniglotSource(_Source):
             if kind == "zip":
                 try:
                     with zipfile.ZipFile(path) as zf:
-                        members = [m for m in zf.namelist() if m.lower().endswith(".png")]
+                        all_names = zf.namelist()
+                    members = [m for m in all_names if m.lower().endswith(".png")]
                 except (zipfile.BadZipFile, OSError) as e:
                     raise DataError(f"cannot read {path}: {_one_line(e)}; replace the corrupt zip or extract it "
                                     "and pass --data-root to the folder") from None
+                # directory entries: an empty character folder is still a (too small) class
+                dirs = [m.rstrip("/") for m in all_names if m.endswith("/")]
             else:
-                members = [p.relative_to(path).as_posix() for p in path.rglob("*.png")]
+                files, dirs = _walk(path)
+                members = [m for m in files if m.lower().endswith(".png")]
+            for d in dirs:
+                parts = d.split("/")
+                if len(parts) >= 2:
+                    tree.setdefault(parts[-2], {}).setdefault(parts[-1], (name, []))
+                    self._folders[(parts[-2], parts[-1])] = f"{path}:{d}/" if kind == "zip" else f"{path / d}/"
             for m in members:
                 parts = m.split("/")
                 if len(parts) < 3:
                     continue
                 alphabet, char = parts[-3], parts[-2]
+                where = "/".join(parts[:-1])
+                self._folders.setdefault((alphabet, char), f"{path}:{where}/" if kind == "zip" else f"{path / where}/")
                 entry = tree.setdefault(alphabet, {}).setdefault(char, (name, []))
                 entry[1].append(m)
         for chars in tree.values():
@@ -322,6 +351,10 @@ class _OmniglotSource(_Source):
     def reader(self, name: str) -> "_Reader":
         kind, path = self.archives[name]
         return _Reader(kind, path)
+
+    def describe_folder(self, archive: str, alphabet: str, char: str) -> str:
+        """Where the class folder alphabet/char is (after `index()`)."""
+        return self._folders.get((alphabet, char), f"{self.archives[archive][1]} .../{alphabet}/{char}/")
 
 
 class _Reader:
@@ -346,8 +379,9 @@ class _Reader:
         try:
             return self.zf.read(member) if self.zf is not None else (self.path / member).read_bytes()
         except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as e:
-            raise DataError(f"cannot read image {self.describe(member)}: {_one_line(e)}; "
-                            "the file is corrupt, restore it or re-extract the dataset") from None
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else _one_line(e)
+            raise DataError(f"cannot read image {self.describe(member)}: {reason}; restore the file, "
+                            "re-extract the dataset or pass --skip-bad-images") from None
 
 
 class _FolderSource(_Source):
@@ -376,6 +410,13 @@ def _open_source(spec: DatasetSpec, data_root: Optional[PathLike]) -> _Source:
                             "the folder with images_background.zip and images_evaluation.zip")
     else:
         root = Path(data_root).expanduser()
+        if root.is_symlink() and not root.exists():
+            try:
+                os.stat(root)
+                why = "cannot be followed"
+            except OSError as e:
+                why = "is a symlink loop" if e.errno == errno.ELOOP else f"is a dangling symlink (to {os.readlink(root)})"
+            raise DataError(f"data root {root} {why}; fix the link or pass --data-root the real folder")
         if not root.exists():
             raise DataError(f"data root {root} does not exist; pass --data-root an existing folder")
         if not root.is_dir():
@@ -401,7 +442,8 @@ def _readable(path: Path) -> bool:
 
 
 def _split_files(spec: DatasetSpec, root: Path, split_dir: Optional[PathLike]) -> Dict[str, Path]:
-    """split name -> file for the splits whose file exists (override, data root CSVs, packaged)."""
+    """split name -> file for the splits whose file exists: `split_dir` if given, else the data
+    root's own `{split}.txt` (Omniglot) / `{split}.csv` (mini-ImageNet) when present, else the packaged one."""
     ext = "txt" if spec.name == "omniglot" else "csv"
     out = {}
     for s in spec.splits:
@@ -409,8 +451,8 @@ def _split_files(spec: DatasetSpec, root: Path, split_dir: Optional[PathLike]) -
             candidates = [Path(split_dir) / f"{s}.{ext}"]
         elif spec.name == "miniimagenet":
             candidates = [root / f"{s}.csv", SPLITS_DIR / "miniimagenet-ravi" / f"{s}.csv"]
-        else:
-            candidates = [SPLITS_DIR / "omniglot-vinyals" / f"{s}.txt"]
+        else:  # a data root may carry its own split files (small custom data, tests)
+            candidates = [root / f"{s}.txt", SPLITS_DIR / "omniglot-vinyals" / f"{s}.txt"]
         for c in candidates:
             if c.is_file():
                 out[s] = c
@@ -462,19 +504,48 @@ def _read_csv(path: Path) -> List[Tuple[str, str]]:
 
 
 def _decode(data: bytes, where: str, mode: str, size: int):
-    """Bytes of an image -> uint8 numpy array [size, size] or [size, size, 3]."""
+    """Bytes of an image -> uint8 numpy array [size, size] (mode 'L') or [size, size, 3] ('RGB').
+
+    Any PIL mode is accepted: 1-bit, grey, palette, RGB, CMYK, 16-bit grey, and images with
+    transparency (RGBA, LA, palette with a transparent colour), which are first composited
+    over a white background (Omniglot's paper colour) so transparent pixels do not turn black.
+    """
     import numpy as np
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert(mode)
+            img = _to_mode(img, mode)
             if img.size != (size, size):
                 img = img.resize((size, size), resample=getattr(Image.Resampling, RESIZE_FILTER))
             return np.asarray(img, dtype=np.uint8)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt files
-        raise DataError(f"cannot decode image {where}: {_one_line(e)}; the file is corrupt, restore it "
-                        "or re-extract the dataset") from None
+        raise DataError(f"cannot decode image {where}: {_one_line(e)}; the file is corrupt, restore it, "
+                        "re-extract the dataset or pass --skip-bad-images") from None
+
+
+def _to_mode(img, mode: str):
+    """Convert a PIL image of any mode to 'L' or 'RGB' (transparency composited over white)."""
+    from PIL import Image
+
+    if img.mode == mode:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        return img if mode == "L" else img.convert(mode)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("L", "1") and "transparency" in img.info:
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert(mode)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -483,15 +554,34 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
 
 
-def _build(spec: DatasetSpec, source: _Source, files: Dict[str, Path], progress: bool) -> Dict[str, SplitData]:
+class _BadImages:
+    """Collects the images skipped under skip_bad_images; re-raises the DataError otherwise."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.files: List[str] = []
+
+    def attempt(self, fn, *args):
+        """fn(*args), or None (recorded) when it raises DataError and skipping is on."""
+        try:
+            return fn(*args)
+        except DataError as e:
+            if not self.skip:
+                raise
+            self.files.append(str(e).split("; ")[0])
+            return None
+
+
+def _build(spec: DatasetSpec, source: _Source, files: Dict[str, Path], progress: bool,
+           skip_bad_images: bool = False) -> Dict[str, SplitData]:
     if spec.name == "omniglot":
         assert isinstance(source, _OmniglotSource)
-        return _build_omniglot(spec, source, files, progress)
-    return _build_miniimagenet(spec, source, files, progress)
+        return _build_omniglot(spec, source, files, progress, skip_bad_images)
+    return _build_miniimagenet(spec, source, files, progress, skip_bad_images)
 
 
 def _build_omniglot(spec: DatasetSpec, source: _OmniglotSource, files: Dict[str, Path],
-                    progress: bool) -> Dict[str, SplitData]:
+                    progress: bool, skip_bad_images: bool = False) -> Dict[str, SplitData]:
     import numpy as np
 
     tree = source.index()
@@ -511,11 +601,15 @@ def _build_omniglot(spec: DatasetSpec, source: _OmniglotSource, files: Dict[str,
                                 f"under {source.root}: alphabet {alphabet} has no {char}; pass the right "
                                 "--data-root or fix the split file")
             needed[(alphabet, char)] = tree[alphabet][char]
-    for (alphabet, char), (_, members) in needed.items():
+    for (alphabet, char), (arch, members) in needed.items():
         if len(members) < 2:
+            folder = source.describe_folder(arch, alphabet, char)
+            empty = f" (its folder {folder} holds no .png images)" if not members else ""
             raise DataError(f"too few images for class {alphabet}/{char} under {source.root}: found "
-                            f"{len(members)}, need at least 2 (one support, one query); restore the dataset")
+                            f"{len(members)}{empty}, need at least 2 (one support, one query); restore the "
+                            "dataset or remove the class from the split file")
     base: Dict[Tuple[str, str], torch.Tensor] = {}
+    bad = _BadImages(skip_bad_images)
     size = spec.image_size
     total = sum(len(m) for _, m in needed.values())
     with _progress(total, f"decoding {spec.name} ({', '.join(files)})", progress) as bar:
@@ -524,7 +618,13 @@ def _build_omniglot(spec: DatasetSpec, source: _OmniglotSource, files: Dict[str,
                 for key, (arch, members) in needed.items():
                     if arch != archive:
                         continue
-                    arr = np.stack([_decode(reader.read(m), reader.describe(m), "L", size) for m in members])
+                    arrs = []
+                    for m in members:
+                        data = bad.attempt(reader.read, m)
+                        arr = None if data is None else bad.attempt(_decode, data, reader.describe(m), "L", size)
+                        if arr is not None:
+                            arrs.append(arr)
+                    arr = np.stack(arrs) if arrs else np.zeros((0, size, size), dtype=np.uint8)
                     base[key] = torch.from_numpy(255 - arr)  # invert: strokes 255, background 0
                     bar.update(len(members))
     out = {}
@@ -535,12 +635,14 @@ def _build_omniglot(spec: DatasetSpec, source: _OmniglotSource, files: Dict[str,
             imgs.append(torch.rot90(x, k=deg // 90, dims=(-2, -1)))
             labels.append(torch.full((x.shape[0],), c, dtype=torch.long))
             names.append(f"{alphabet}/{char}/rot{deg:03d}")
-        out[s] = _finish(spec, s, imgs, labels, names, files[s])
+        chars = {(a, ch) for a, ch, _ in entries}
+        skipped = [f for f in bad.files if any(f"/{a}/{ch}/" in f for a, ch in chars)]
+        out[s] = _finish(spec, s, imgs, labels, names, files[s], skipped)
     return out
 
 
 def _build_miniimagenet(spec: DatasetSpec, source: _Source, files: Dict[str, Path],
-                        progress: bool) -> Dict[str, SplitData]:
+                        progress: bool, skip_bad_images: bool = False) -> Dict[str, SplitData]:
     import numpy as np
 
     rows = {s: _read_csv(f) for s, f in files.items()}
@@ -553,6 +655,7 @@ def _build_miniimagenet(spec: DatasetSpec, source: _Source, files: Dict[str, Pat
             for fname, label in entries:
                 groups.setdefault(label, []).append(fname)
             imgs, labels, names = [], [], []
+            bad = _BadImages(skip_bad_images)
             for c, (label, fnames) in enumerate(groups.items()):
                 arrs = []
                 for fname in fnames:
@@ -563,31 +666,40 @@ def _build_miniimagenet(spec: DatasetSpec, source: _Source, files: Dict[str, Pat
                         raise DataError(f"class {label} of the {spec.name} {s} split ({files[s]}): image {p} not "
                                         "found; pass the right --data-root or fix the split file") from None
                     except OSError as e:
-                        raise DataError(f"cannot read image {p}: {_one_line(e)}; fix its permissions or "
-                                        "restore the file") from None
-                    arrs.append(_decode(data, str(p), "RGB", size))
+                        data = bad.attempt(_raise, DataError(
+                            f"cannot read image {p}: {_one_line(e)}; fix its permissions, restore the file "
+                            "or pass --skip-bad-images"))
+                    arr = None if data is None else bad.attempt(_decode, data, str(p), "RGB", size)
+                    if arr is not None:
+                        arrs.append(arr)
                     bar.update(1)
-                x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+                arr = np.stack(arrs) if arrs else np.zeros((0, size, size, 3), dtype=np.uint8)
+                x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
                 imgs.append(x)
                 labels.append(torch.full((x.shape[0],), c, dtype=torch.long))
                 names.append(label)
-            out[s] = _finish(spec, s, imgs, labels, names, files[s])
+            out[s] = _finish(spec, s, imgs, labels, names, files[s], bad.files)
     return out
 
 
+def _raise(exc: BaseException):
+    raise exc
+
+
 def _finish(spec: DatasetSpec, split: str, imgs: List[torch.Tensor], labels: List[torch.Tensor],
-            names: List[str], split_file: Path) -> SplitData:
+            names: List[str], split_file: Path, skipped: Sequence[str] = ()) -> SplitData:
     if len(names) < 2:
         raise DataError(f"too few classes in the {spec.name} {split} split ({split_file}): found {len(names)}, "
                         "a few-shot task needs at least 2; fix the split file")
     for x, name in zip(imgs, names):
         if x.shape[0] < 2:
-            raise DataError(f"too few images for class {name} in the {spec.name} {split} split: found "
+            after = " after skipping unreadable images" if skipped else ""
+            raise DataError(f"too few images for class {name} in the {spec.name} {split} split{after}: found "
                             f"{x.shape[0]}, need at least 2 (one support, one query); fix the split file or data")
     images = torch.cat(imgs)
     if images.dim() == 3:
         images = images.unsqueeze(1)
-    return SplitData(images.contiguous(), torch.cat(labels), names, spec.name, split)
+    return SplitData(images.contiguous(), torch.cat(labels), names, spec.name, split, list(skipped))
 
 
 # ----------------------------------------------------------------------------- cache
@@ -676,21 +788,60 @@ def _sha256_file(path: Path) -> str:
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    """sha256 of the sorted (relative path, size, mtime) of every file under `folder`."""
+    """sha256 of the sorted (relative path, size, mtime) of every file under `folder` (symlinks followed)."""
     entries: List[str] = []
-    stack = [("", str(folder))]
-    while stack:
-        prefix, path = stack.pop()
-        with os.scandir(path) as it:
-            for e in it:
-                rel = prefix + e.name
-                if e.is_dir(follow_symlinks=True):
-                    stack.append((rel + "/", e.path))
-                else:
-                    st = e.stat()
-                    entries.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+    files, _ = _walk(folder)
+    for rel in files:
+        try:
+            st = (folder / rel).stat()
+            entries.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError as e:  # a dangling link or a file that loops onto itself: read later, reported there
+            entries.append(f"{rel}:unreadable:{e.errno}")
     entries.sort()
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+def _walk(folder: Path) -> Tuple[List[str], List[str]]:
+    """(files, folders) under `folder` as sorted relative POSIX paths, following symlinks.
+
+    A symlink that leads back to one of its own parent folders (a loop) raises DataError naming
+    it; an entry that cannot be stat'ed (a dangling link, a link to itself) is listed as a file,
+    so reading it later gives an error naming the file (or skips it under --skip-bad-images).
+    """
+    files: List[str] = []
+    dirs: List[str] = []
+
+    def visit(path: str, prefix: str, ancestors: Tuple[Tuple[int, int], ...]) -> None:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot list folder {path}: {_one_line(e)}; fix its permissions or pass "
+                            "--data-root another copy") from None
+        for e in entries:
+            rel = prefix + e.name
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(rel)
+                continue
+            try:
+                st = os.stat(e.path)
+            except OSError:
+                files.append(rel)
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                raise DataError(f"symlink loop in the data: {e.path} leads back to its parent folder "
+                                f"{os.path.realpath(e.path)}; remove or fix the link")
+            dirs.append(rel)
+            visit(e.path, rel + "/", ancestors + (ident,))
+
+    st = os.stat(folder)
+    visit(str(folder), "", ((st.st_dev, st.st_ino),))
+    return files, dirs
 
 
 def _one_line(e: BaseException) -> str:

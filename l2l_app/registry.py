@@ -25,7 +25,7 @@ LOOP: Dict[str, type] = {"protonet": ProtoNet, "maml": MAML, "reptile": Reptile}
 #: (algorithm, device type) -> faster engine, from benchmarks/results/engine_speed-*.json
 AUTO_ENGINE: Dict[Tuple[str, str], str] = {
     ("maml", "cpu"): "loop",
-    ("protonet", "cpu"): "batched",
+    ("protonet", "cpu"): "loop",
     ("reptile", "cpu"): "batched",
     ("maml", "cuda"): "batched",
     ("protonet", "cuda"): "batched",

@@ -50,8 +50,13 @@ def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int
                           f"use {q} 1 or more")
     per_class = split.images_per_class
     if shots + queries > per_class:
-        raise ConfigError(f"{s} {shots} + {q} {queries} = {shots + queries} exceeds the {per_class} images per "
-                          f"class of {where}; lower {s} or {q} so that they sum to at most {per_class}")
+        counts = split.class_counts
+        smallest = int(torch.argmin(counts))
+        short = int((counts < shots + queries).sum())
+        others = f" (as do {short - 1} other classes)" if short > 1 else ""
+        raise ConfigError(f"class {split.class_names[smallest]} of {where} has only {per_class} images{others} "
+                          f"but {s} {shots} + {q} {queries} = {shots + queries} are needed; lower {s} or {q} "
+                          f"so that they sum to at most {per_class}, or remove the class from the split")
 
 
 def _episode_labels(ways: int, per_class: int, num_tasks: int, device) -> torch.Tensor:

@@ -56,6 +56,7 @@ class TrainSummary:
     best_step: Optional[int]
     stopped_by_budget: bool
     skipped_steps: int
+    bad_images: int = 0  # images left out by --skip-bad-images (train + val splits)
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
@@ -125,8 +126,12 @@ class Trainer:
         self.engine = registry.resolve_engine(c.algorithm.algo, c.run.engine, self.device)
         self.sampler = registry.resolve_sampler(c.data.sampler, self.engine)
 
-        self.train_split = load_split(c.data.dataset, "train", c.data.data_root, progress=progress)
-        self.val_split = load_split(c.data.dataset, "val", c.data.data_root, progress=progress)
+        skip = c.data.skip_bad_images
+        self.train_split = load_split(c.data.dataset, "train", c.data.data_root, progress=progress,
+                                      skip_bad_images=skip)
+        self.val_split = load_split(c.data.dataset, "val", c.data.data_root, progress=progress,
+                                    skip_bad_images=skip)
+        self.bad_images = self.train_split.skipped + self.val_split.skipped
         check_disjoint({"train": self.train_split, "val": self.val_split})
         self.train_source = build_task_source(
             self.sampler, self.train_split, c.train_ways, c.train_shots, c.train_queries,
@@ -136,6 +141,8 @@ class Trainer:
 
         self.model = model_for(c).to(self.device)
         self.learner = registry.build_learner(c, self.model, self.engine, c.run.chunk_size)
+        if c.run.max_memory is not None and self.engine == "batched" and c.run.chunk_size is None:
+            self.learner.chunk_size = self._chunk_size_for_budget(c.run.max_memory)
         self.optimizer, self.scheduler = registry.build_optimizer(c, self.learner)
         self.step = 0
         self.elapsed = 0.0
@@ -148,7 +155,9 @@ class Trainer:
             dump_json(c, self.run_dir / CONFIG_FILE)
             (self.run_dir / "run.json").write_text(json.dumps(
                 {"engine": self.engine, "sampler": self.sampler, "device": str(self.device),
-                 "environment": runtime.environment()}, indent=2) + "\n")
+                 "chunk_size": getattr(self.learner, "chunk_size", None),
+                 "environment": runtime.environment(), "bad_images": len(self.bad_images),
+                 "skipped_images": self.bad_images}, indent=2) + "\n")
 
     # ---- pieces -------------------------------------------------------------
     def _train_flags(self) -> tuple[str, str, str]:
@@ -161,6 +170,17 @@ class Trainer:
         c = self.config
         return build_task_source(self.sampler, self.val_split, c.task.ways, c.task.shots, c.task.queries,
                                  seed=c.eval.eval_seed, device=self.device)
+
+    def _chunk_size_for_budget(self, gib: float) -> int:
+        """Tasks per chunk that fit --max-memory, measured on a meta-batch from a separate sampler
+        (so the training episodes are the same with or without the budget)."""
+        from .batched import choose_chunk_size
+        c = self.config
+        probe = build_task_source(self.sampler, self.train_split, c.train_ways, c.train_shots,
+                                  c.train_queries, seed=c.run.seed + 1, device=self.device)
+        chunk = choose_chunk_size(self.learner, probe.sample(c.optim.meta_batch), int(gib * 2**30))
+        self.learner.zero_grad()
+        return chunk
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -247,9 +267,11 @@ class Trainer:
                 metrics = self.learner.meta_step(batch)
                 if not self._finite(metrics):
                     if not c.run.skip_nonfinite:
+                        last = self.checkpoint_dir / "last.pt"
+                        kept = f"keeping the last good checkpoint in {last}" if last.is_file() else \
+                            "no checkpoint had been written yet"
                         raise NonFiniteLossError(
-                            f"loss became {metrics['loss']} at step {self.step + 1}; stopped, keeping the "
-                            f"last good checkpoint in {self.checkpoint_dir / 'last.pt'} "
+                            f"loss became {metrics['loss']} at step {self.step + 1}; stopped, {kept} "
                             f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
                     self.skipped += 1
                     self.learner.zero_grad()
@@ -291,7 +313,7 @@ class Trainer:
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         return TrainSummary(self.run_dir, self.step, self.elapsed, self.best_val, self.best_step,
-                            stopped_by_budget, self.skipped)
+                            stopped_by_budget, self.skipped, len(self.bad_images))
 
     @staticmethod
     def _finite(metrics: Dict[str, float]) -> bool:

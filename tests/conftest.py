@@ -145,3 +145,19 @@ def miniimagenet_sample() -> Path:
     if not (MINIIMAGENET_SAMPLE / "images").is_dir():
         pytest.skip(f"mini-ImageNet sample not found at {MINIIMAGENET_SAMPLE}")
     return MINIIMAGENET_SAMPLE
+
+
+def with_own_split_files(dataset: SyntheticOmniglot, root: Path) -> Path:
+    """Copy the synthetic split files into `root` (the data root's own train/val/test.txt) and return it."""
+    for f in dataset.split_dir.glob("*.txt"):
+        shutil.copy(f, root / f.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_root(synthetic_omniglot_pristine, tmp_path_factory) -> Path:
+    """A shared (do not modify) synthetic Omniglot folder root carrying its own split files, so
+    `l2l-app train --data-root` runs on it in a second or two (train: 16 classes, val: 8, test: 12)."""
+    root = tmp_path_factory.mktemp("synthetic_data_root") / "omniglot"
+    shutil.copytree(synthetic_omniglot_pristine.folder_root, root)
+    return with_own_split_files(synthetic_omniglot_pristine, root)

@@ -133,8 +133,8 @@ def test_invalid_episode_shapes(kind, tiny_split):
         (dict(ways=2000), r"--ways 2000 exceeds the 12 classes of the omniglot test split; use at most 12"),
         (dict(shots=0), r"--shots 0 is too small"),
         (dict(queries=0), r"--queries 0 is too small"),
-        (dict(shots=6, queries=5), r"--shots 6 \+ --queries 5 = 11 exceeds the 10 images per class of the "
-                                   r"omniglot test split"),
+        (dict(shots=6, queries=5), r"class class000 of the omniglot test split has only 10 images \(as do 11 "
+                                   r"other classes\) but --shots 6 \+ --queries 5 = 11 are needed"),
     ]
     for override, message in cases:
         args = dict(ways=5, shots=1, queries=1) | override
@@ -144,6 +144,14 @@ def test_invalid_episode_shapes(kind, tiny_split):
     cls = L2LTaskSource if kind == "l2l" else TensorTaskSource
     with pytest.raises(ConfigError, match=r"--train-ways 13 exceeds the 12 classes"):
         cls(tiny_split, 13, 1, 1, 0, flags=("--train-ways", "--shots", "--queries"))
+
+
+def test_too_few_images_names_the_smallest_class(tiny_split_factory):
+    split = tiny_split_factory(num_classes=4, counts=[10, 10, 3, 10])
+    split.dataset, split.split = "omniglot", "train"
+    with pytest.raises(ConfigError, match=r"^class class002 of the omniglot train split has only 3 images but "
+                                          r"--shots 1 \+ --queries 5 = 6 are needed; lower --shots or --queries"):
+        build_task_source("tensor", split, 2, 1, 5, seed=0)
 
 
 def test_unknown_kind(tiny_split):

@@ -94,3 +94,14 @@ def test_protonet_learns_on_omniglot(tmp_path):
     assert result.mean > 60.0, result
     again = evaluate_run(run_dir, episodes=100, progress=False)
     assert again.accuracies == result.accuracies
+
+
+def test_max_memory_picks_a_chunk_size(tmp_path):
+    """A tiny --max-memory budget forces one task per chunk; no budget leaves the meta-batch whole."""
+    tight = Trainer(config(algo="maml", train_ways=None, engine="batched", meta_batch=4, iterations=1,
+                           max_memory=1e-6), tmp_path / "tight", progress=False)
+    assert tight.learner.chunk_size == 1
+    assert json.loads((tmp_path / "tight" / "run.json").read_text())["chunk_size"] == 1
+    roomy = Trainer(config(algo="maml", train_ways=None, engine="batched", meta_batch=4, iterations=1,
+                           max_memory=64.0), tmp_path / "roomy", progress=False)
+    assert roomy.learner.chunk_size == 4
