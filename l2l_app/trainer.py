@@ -15,6 +15,7 @@ import math
 import shutil
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -280,7 +281,10 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(self.learner.parameters(), c.optim.grad_clip)
                     self.optimizer.step()
                 lr = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step()
+                with warnings.catch_warnings():
+                    # a skipped step advances the schedule without an optimiser step, on purpose
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    self.scheduler.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
                 self._log({"kind": "train", "step": self.step, "loss": metrics["loss"],

@@ -20,25 +20,16 @@ from l2l_app.algorithms.protonet import ProtoNet, episode_logits, prototypes, sq
 from l2l_app.algorithms.reptile import Reptile
 from l2l_app.backbones import Classifier, Conv4
 from l2l_app.tasks import EpisodeBatch
+from conftest import random_episodes
 
 WAYS, SHOTS, QUERIES, TASKS, SIZE, HIDDEN = 3, 2, 2, 3, 16, 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(tasks=TASKS, seed=0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-    qx = torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-    sy = torch.stack([torch.randperm(WAYS, generator=g).repeat_interleave(SHOTS) for _ in range(tasks)])
-    qy = torch.stack([torch.randperm(WAYS, generator=g).repeat_interleave(QUERIES) for _ in range(tasks)])
-    return EpisodeBatch(sx, sy, qx, qy, WAYS, SHOTS, QUERIES)
+    return random_episodes(WAYS, SHOTS, QUERIES, tasks, SIZE, torch.float64, seed)
 
 
 def make_classifier(seed=0) -> Classifier:

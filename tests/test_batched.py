@@ -19,26 +19,17 @@ from l2l_app.backbones import Classifier, Conv4, TaskBatchNorm2d
 from l2l_app.batched import (BATCHED, BatchedMAML, BatchedProtoNet, BatchedReptile, choose_chunk_size,
                              set_tf32)
 from l2l_app.tasks import EpisodeBatch
+from conftest import random_episodes
 
 WAYS, SHOTS, QUERIES, TASKS, SIZE, HIDDEN = 3, 2, 2, 3, 16, 8
 INNER_LR = 0.4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(dtype=torch.float64, tasks=TASKS, seed=0) -> EpisodeBatch:
-    g = torch.Generator().manual_seed(seed)
-    sx = torch.rand(tasks, WAYS * SHOTS, 1, SIZE, SIZE, generator=g).to(dtype)
-    qx = torch.rand(tasks, WAYS * QUERIES, 1, SIZE, SIZE, generator=g).to(dtype)
-    sy = torch.stack([torch.randperm(WAYS, generator=g).repeat_interleave(SHOTS) for _ in range(tasks)])
-    qy = torch.stack([torch.randperm(WAYS, generator=g).repeat_interleave(QUERIES) for _ in range(tasks)])
-    return EpisodeBatch(sx, sy, qx, qy, WAYS, SHOTS, QUERIES)
+    return random_episodes(WAYS, SHOTS, QUERIES, tasks, SIZE, dtype, seed)
 
 
 def make_net(algo: str, dtype=torch.float64, seed=0) -> nn.Module:

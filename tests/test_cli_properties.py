@@ -25,13 +25,7 @@ BASE = ["--hidden", "8", "--iterations", "1", "--val-every", "1", "--val-episode
 VAL_CLASSES, PER_CLASS = 8, 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, tiny convolutions run 3-5x faster than with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(root: Path, *args) -> tuple:

@@ -20,13 +20,7 @@ TINY = ["--algo", "protonet", "--hidden", "8", "--ways", "5", "--shots", "1", "-
         "--meta-batch", "1", "--val-every", "100", "--val-episodes", "2", "--device", "cpu", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a small shared CPU, tiny convolutions run 3-5x faster than with two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args):

@@ -8,9 +8,10 @@ stepped by plain SGD with lr = epsilon.  One trainer serves all of them.
 from __future__ import annotations
 
 import abc
-from typing import Dict
+from typing import Callable, Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..tasks import EpisodeBatch
@@ -19,6 +20,24 @@ from ..tasks import EpisodeBatch
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Fraction of correct argmax predictions. logits [..., N, ways], labels [..., N] -> [...]."""
     return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean(dim=-1)
+
+
+TaskLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def backprop_query_losses(batch: EpisodeBatch, task_logits: TaskLogits) -> Dict[str, float]:
+    """The per-task loop shared by MAML and ProtoNet: for each task, query logits
+    `task_logits(support_x, support_y, query_x)` [Nq, ways], cross-entropy, backward of loss / B
+    (so `.grad` accumulates the mean over tasks, and each task's graph is freed at once).
+    Returns the mean query loss and accuracy."""
+    total_loss, total_acc = 0.0, 0.0
+    for sx, sy, qx, qy in batch.tasks():
+        logits = task_logits(sx, sy, qx)
+        loss = F.cross_entropy(logits, qy)
+        (loss / batch.num_tasks).backward()
+        total_loss += loss.item()
+        total_acc += accuracy(logits.detach(), qy).item()
+    return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
 
 
 class MetaLearner(abc.ABC):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tasks import EpisodeBatch
-from .base import MetaLearner, accuracy
+from .base import MetaLearner, backprop_query_losses
 
 
 class MAML(MetaLearner):
@@ -42,15 +42,8 @@ class MAML(MetaLearner):
 
     def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
         self.zero_grad()
-        total_loss, total_acc = 0.0, 0.0
-        for sx, sy, qx, qy in batch.tasks():
-            learner = self._adapted(sx, sy, self.inner_steps, self.first_order)
-            logits = learner(qx)
-            loss = F.cross_entropy(logits, qy)
-            (loss / batch.num_tasks).backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits.detach(), qy).item()
-        return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
+        return backprop_query_losses(
+            batch, lambda sx, sy, qx: self._adapted(sx, sy, self.inner_steps, self.first_order)(qx))
 
     def predict(self, support_x, support_y, query_x, ways):
         learner = self._adapted(support_x, support_y, self.test_inner_steps, first_order=True)

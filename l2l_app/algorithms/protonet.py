@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..tasks import EpisodeBatch
-from .base import MetaLearner, accuracy
+from .base import MetaLearner, backprop_query_losses
 
 
 def prototypes(support_emb: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -49,14 +49,8 @@ class ProtoNet(MetaLearner):
 
     def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
         self.zero_grad()
-        total_loss, total_acc = 0.0, 0.0
-        for sx, sy, qx, qy in batch.tasks():
-            logits = episode_logits(self.model, sx, sy, qx, batch.ways)
-            loss = F.cross_entropy(logits, qy)
-            (loss / batch.num_tasks).backward()
-            total_loss += loss.item()
-            total_acc += accuracy(logits.detach(), qy).item()
-        return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
+        return backprop_query_losses(
+            batch, lambda sx, sy, qx: episode_logits(self.model, sx, sy, qx, batch.ways))
 
     def predict(self, support_x, support_y, query_x, ways):
         with torch.no_grad():
