@@ -17,7 +17,7 @@ from torch.func import functional_call
 
 from l2l_app.algorithms.maml import MAML
 from l2l_app.algorithms.protonet import ProtoNet, episode_logits, prototypes, squared_euclidean_logits
-from l2l_app.algorithms.reptile import Reptile
+from l2l_app.algorithms.reptile import Reptile, minibatch_schedule
 from l2l_app.backbones import Classifier, Conv4
 from l2l_app.tasks import EpisodeBatch
 from conftest import random_episodes
@@ -134,3 +134,17 @@ def test_batch_norm_has_no_buffers_so_clones_share_no_statistics():
     learner = MAML(model, inner_lr=0.4, inner_steps=1)
     clone = learner.maml.clone()
     assert len(list(clone.buffers())) == 0
+
+
+def test_reptile_batch_larger_than_support_is_clamped_exactly():
+    """Inner batch 10 on a 6-image support set equals batch 6: same schedule size, same update."""
+    gen = torch.Generator().manual_seed(0)
+    assert minibatch_schedule(2, 6, 10, 3, gen).shape == (2, 3, 6)
+    batch = make_batch(tasks=2)
+    grads = []
+    for inner_batch in (10, WAYS * SHOTS):
+        learner = Reptile(make_classifier(), inner_lr=0.1, inner_steps=2, inner_batch=inner_batch,
+                          inner_optimizer="sgd", seed=3)
+        learner.meta_step(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters()]))
+    assert torch.equal(grads[0], grads[1])

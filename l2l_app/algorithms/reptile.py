@@ -26,11 +26,14 @@ ADAM_EPS = 1e-8
 
 def minibatch_schedule(num_tasks: int, num_support: int, inner_batch: int, steps: int,
                        generator: torch.Generator) -> torch.Tensor:
-    """Indices of each inner step's mini-batch, [num_tasks, steps, inner_batch].
+    """Indices of each inner step's mini-batch, [num_tasks, steps, min(inner_batch, num_support)].
 
     Each task walks through its own random permutation of the support set, cycling
-    (so every example is used before any is repeated).
+    (so every example is used before any is repeated).  A batch never exceeds the support
+    set: a batch of 10 from 5 images would hold each twice, which gives the same mean loss,
+    gradient and batch-norm statistics as the 5 images once, at twice the cost.
     """
+    inner_batch = min(inner_batch, num_support)
     perms = torch.stack([torch.randperm(num_support, generator=generator) for _ in range(num_tasks)])
     positions = torch.arange(steps * inner_batch) % num_support
     return perms[:, positions].reshape(num_tasks, steps, inner_batch)
