@@ -55,8 +55,8 @@ EXPERIMENTS = {
          "--val-every", "100", "--val-episodes", "100", "--engine", "loop"],
         [(5, 1)]),
     "reptile-5w1s-cpu": (
-        ["--recipe", "reptile-omniglot-5w1s", "--iterations", "1000",
-         "--val-every", "500", "--val-episodes", "50", "--engine", "batched", "--sampler", "tensor"],
+        ["--recipe", "reptile-omniglot-5w1s", "--iterations", "500",
+         "--val-every", "250", "--val-episodes", "50", "--engine", "batched", "--sampler", "tensor"],
         [(5, 1)]),
     # Issue 4: the same MAML training on both engines (same seed, same steps, same tensor-sampler
     # episodes); only how the meta-batch is computed differs.

@@ -203,11 +203,13 @@ def recipes(as_json) -> None:
         click.echo(json.dumps([r.__dict__ for r in rows], indent=2))
         return
     width = max(len(r.name) for r in rows)
+    click.echo(f"{'recipe':<{width}}  {'setting':<7}  {'published':<15}  source")
     for r in rows:
         ci = f" ± {r.reported_ci95}" if r.reported_ci95 is not None else ""
         s = r.settings
-        click.echo(f"{r.name:<{width}}  {s['ways']}w{s['shots']}s  {r.reported_accuracy}{ci}%  "
-                   f"{r.source.split(',')[0]} {r.source.split('(')[1].split(')')[0]}, {r.table}")
+        author, year = r.source.split(",")[0], r.source.split("(")[1].split(")")[0]
+        click.echo(f"{r.name:<{width}}  {str(s['ways']) + 'w' + str(s['shots']) + 's':<7}  "
+                   f"{str(r.reported_accuracy) + ci + '%':<15}  {author} {year}, {r.table}")
 
 
 @cli.command()

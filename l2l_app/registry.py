@@ -22,7 +22,12 @@ from .errors import ConfigError
 
 LOOP: Dict[str, type] = {"protonet": ProtoNet, "maml": MAML, "reptile": Reptile}
 
-#: (algorithm, device type) -> faster engine, from benchmarks/results/engine_speed-*.json
+#: (algorithm, device type) -> the faster engine for a meta-batch of at least
+#: `BATCHED_FROM_META_BATCH` tasks, from `l2l-app bench` (benchmarks/results/):
+#: - CPU (2 cores): the loop for MAML (torch.func's vmap is ~10x slower there) and ProtoNet
+#:   (1.25x), the batched engine for Reptile (1.2-1.5x);
+#: - CUDA (H200): the batched engine for all, 5-8x at 32 tasks (gpu-h200/*/bench.md); at one
+#:   task the loop is faster (MAML 11.5 vs 19.8 ms), the crossover lies between 1 and 4 tasks.
 AUTO_ENGINE: Dict[Tuple[str, str], str] = {
     ("maml", "cpu"): "loop",
     ("protonet", "cpu"): "loop",
@@ -31,6 +36,7 @@ AUTO_ENGINE: Dict[Tuple[str, str], str] = {
     ("protonet", "cuda"): "batched",
     ("reptile", "cuda"): "batched",
 }
+BATCHED_FROM_META_BATCH = 2
 
 
 def unknown(kind: str, name: str, valid) -> ConfigError:
@@ -40,9 +46,12 @@ def unknown(kind: str, name: str, valid) -> ConfigError:
     return ConfigError(f"unknown {kind} {name!r}: choose from {', '.join(valid)}{hint}")
 
 
-def resolve_engine(algo: str, engine: str, device: torch.device) -> str:
+def resolve_engine(algo: str, engine: str, device: torch.device, meta_batch: int | None = None) -> str:
+    """--engine auto -> the engine measured faster for this algorithm, device and meta-batch."""
     if engine != "auto":
         return engine
+    if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH:
+        return "loop"
     return AUTO_ENGINE.get((algo, device.type), "loop")
 
 

@@ -124,7 +124,7 @@ class Trainer:
         self.device = runtime.resolve_device(c.run.device)
         runtime.set_tf32(c.run.tf32)
         runtime.seed_everything(c.run.seed)
-        self.engine = registry.resolve_engine(c.algorithm.algo, c.run.engine, self.device)
+        self.engine = registry.resolve_engine(c.algorithm.algo, c.run.engine, self.device, c.optim.meta_batch)
         self.sampler = registry.resolve_sampler(c.data.sampler, self.engine)
 
         skip = c.data.skip_bad_images

@@ -68,3 +68,14 @@ def test_round_trip_and_derived_settings():
 
 def test_flag_names():
     assert flag("inner_lr") == "--inner-lr"
+
+
+def test_auto_engine_never_picks_the_slower_measured_engine():
+    import torch
+    from l2l_app.registry import resolve_engine
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("maml", "auto", cpu, 32) == "loop"
+    assert resolve_engine("reptile", "auto", cpu, 5) == "batched"
+    assert resolve_engine("maml", "auto", cuda, 32) == "batched"
+    assert resolve_engine("maml", "auto", cuda, 1) == "loop"
+    assert resolve_engine("protonet", "batched", cpu, 1) == "batched"
