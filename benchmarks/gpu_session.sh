@@ -5,6 +5,7 @@
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
 #     OUT=/path bash benchmarks/gpu_session.sh
 #   dry run here (tiny, CPU):  DRY=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
+#   STEPS=cudagraphs: only the MAML step under torch.compile(mode="reduce-overhead")
 #
 # Everything lands in $OUT/gpu_results.tar.gz (+ gpu_session.log); unpack it into benchmarks/results/.
 set -u
@@ -40,6 +41,12 @@ bench() {  # bench NAME TIMEOUT ARGS...
 pack() {  # re-packed after every step, so a timeout later loses nothing
   tar czf "$OUT/gpu_results.tar.gz" -C "$RES" .
 }
+
+if [ "${STEPS:-all}" = cudagraphs ]; then  # second session: CUDA graphs for the batched MAML step
+  bench maml-omniglot-5w1s-cudagraphs 170 --algo maml --meta-batch $MB --inner-steps 1 --with-sampler \
+    --impl loop,batched-compiled,batched-cudagraphs
+  stamp "done"; exit 0
+fi
 
 stamp "engine parity on $DEVICE"
 timeout 60 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" \

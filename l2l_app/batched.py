@@ -68,7 +68,10 @@ class _BatchedLearner(MetaLearner):
             raise ValueError(f"chunk_size must be a positive integer or None (no chunking), got {chunk_size!r}; "
                              "fix --chunk-size")
         self.chunk_size = chunk_size
-        self.compile = bool(compile)
+        #: torch.compile mode: None (eager), "default", or e.g. "reduce-overhead" (CUDA graphs);
+        #: compile=True means "default"
+        self.compile_mode: str | None = compile if isinstance(compile, str) else ("default" if compile else None)
+        self.compile = self.compile_mode is not None
         #: seconds taken by the first call of the compiled function (compilation + one run); None until then
         self.compile_seconds: float | None = None
         self._compiled: Dict[str, Callable] = {}
@@ -81,18 +84,24 @@ class _BatchedLearner(MetaLearner):
             yield k * self.chunk_size, chunk
 
     def _fn(self, name: str, fn: Callable) -> Callable:
-        """`fn`, or its torch.compile'd version (timed on the first call) when compile=True."""
+        """`fn`, or its torch.compile'd version (timed on the first call) when compiling."""
         if not self.compile:
             return fn
         if name not in self._compiled:
-            compiled = torch.compile(fn)
+            compiled = torch.compile(fn, mode=self.compile_mode)
+            cuda_graphs = self.compile_mode == "reduce-overhead"
+
+            def call(*args, **kwargs):
+                if cuda_graphs:  # each call is a new step: its outputs may replace the last step's
+                    torch.compiler.cudagraph_mark_step_begin()
+                return compiled(*args, **kwargs)
 
             def first_call(*args, **kwargs):
                 start = time.perf_counter()
-                out = compiled(*args, **kwargs)
+                out = call(*args, **kwargs)
                 if self.compile_seconds is None:
                     self.compile_seconds = time.perf_counter() - start
-                self._compiled[name] = compiled
+                self._compiled[name] = call
                 return out
             self._compiled[name] = first_call
         return self._compiled[name]

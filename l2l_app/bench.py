@@ -5,8 +5,10 @@ Implementations (``--impl``):
 * ``loop``: the learn2learn per-task engine (`registry.LOOP`), the reference and the baseline;
 * ``torchmeta``: `l2l_app.torchmeta_style`, a re-implementation of Torchmeta's way of computing
   MAML (Torchmeta itself pins torch<1.10); MAML/FOMAML only;
-* ``batched``: the torch.func engine (`batched.BATCHED`); ``batched-compiled``: the same with
-  ``compile=True`` (its first call, compilation included, is reported as ``compile_s``).
+* ``batched``: the torch.func engine (`batched.BATCHED`); ``batched-compiled``: the same under
+  `torch.compile`; ``batched-cudagraphs``: under `torch.compile(mode="reduce-overhead")` (CUDA
+  graphs; GPU only in practice).  A compiled impl's first call, compilation included, is
+  reported as ``compile_s``.
 
 Every implementation starts from a deep copy of one initialised model and sees the same
 meta-batch.  Its first call gives the meta-gradient, compared with the loop's (relative L2);
@@ -40,7 +42,9 @@ from .config import ExperimentConfig, validate, with_overrides
 from .errors import ConfigError
 from .tasks import EpisodeBatch
 
-IMPLS = ("loop", "torchmeta", "batched", "batched-compiled")
+IMPLS = ("loop", "torchmeta", "batched", "batched-compiled", "batched-cudagraphs")
+#: torch.compile mode of each compiled impl
+COMPILE_MODES = {"batched-compiled": "default", "batched-cudagraphs": "reduce-overhead"}
 SWEEPABLE = {"meta-batch": "meta_batch", "inner-steps": "inner_steps"}
 
 
@@ -255,7 +259,7 @@ def build_impl(impl: str, config: ExperimentConfig, model: torch.nn.Module):
         from .torchmeta_style import TorchmetaMAML, from_classifier
         return TorchmetaMAML(from_classifier(model), **kwargs), None
     from .batched import BATCHED
-    return BATCHED[algo](model, **kwargs, chunk_size=None, compile=(impl == "batched-compiled")), None
+    return BATCHED[algo](model, **kwargs, chunk_size=None, compile=COMPILE_MODES.get(impl, False)), None
 
 
 def sampler_kind(impl: str) -> str:
@@ -358,7 +362,7 @@ class Bench:
                    loss=metrics.get("loss"))
         if self.device.type != "cuda":
             out["maxrss_lifetime_mb"] = maxrss_lifetime_mb()
-        if impl == "batched-compiled":
+        if impl in COMPILE_MODES:
             out["compile_s"] = getattr(learner, "compile_seconds", None) or first_ms / 1000.0
         out["_grads"] = grads
         if reference is not None:

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from l2l_app import datasets as D
+from l2l_app import image_sources
 from l2l_app.cli import cli
 from l2l_app.datasets import load_split
 from l2l_app.errors import DataError
@@ -255,13 +255,13 @@ def _decode_variant(img: Image.Image, mode: str, target: str, size: int):
     buf = io.BytesIO()
     v.save(buf, format="TIFF" if mode == "CMYK" else "PNG",
            **({"transparency": v.info["transparency"]} if mode == "P-transparent" else {}))
-    return D._decode(buf.getvalue(), f"x.{mode}", target, size)
+    return image_sources.decode(buf.getvalue(), f"x.{mode}", target, size)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_any_mode_becomes_grey_omniglot(root, mode):
     src = pngs(char_dir(root))[0]
-    ref = D._decode(src.read_bytes(), "ref", "L", 28)
+    ref = image_sources.decode(src.read_bytes(), "ref", "L", 28)
     out = _decode_variant(_drawing(src), mode, "L", 28)
     assert out.shape == (28, 28) and out.dtype == np.uint8
     tol = 1 if mode in ("CMYK",) else 0
@@ -271,7 +271,7 @@ def test_any_mode_becomes_grey_omniglot(root, mode):
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA"])
 def test_any_mode_becomes_rgb_miniimagenet(root, mode):
     src = pngs(char_dir(root))[0]
-    ref = D._decode(src.read_bytes(), "ref", "RGB", 84)
+    ref = image_sources.decode(src.read_bytes(), "ref", "RGB", 84)
     out = _decode_variant(_drawing(src), mode, "RGB", 84)
     assert out.shape == (84, 84, 3)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 0

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from l2l_app import datasets as D
+from l2l_app import image_sources, split_cache
 from l2l_app.datasets import DATASETS, SplitData, build_metadataset, check_disjoint, load_split, load_splits
 from l2l_app.errors import DataError
 
@@ -80,7 +81,7 @@ def test_cache_hit_returns_identical_tensors_without_decoding(synthetic_omniglot
     def boom(*a, **k):
         raise AssertionError("decoded although the cache should have been used")
 
-    monkeypatch.setattr(D, "_decode", boom)
+    monkeypatch.setattr(image_sources, "decode", boom)
     again = _load(s.zip_root, "train", s.split_dir)
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert first.class_names == again.class_names
@@ -92,15 +93,15 @@ def test_cache_hit_returns_identical_tensors_without_decoding(synthetic_omniglot
 def test_cache_key_changes_with_preprocessing_and_inputs(synthetic_omniglot, monkeypatch):
     s = synthetic_omniglot
     spec = DATASETS["omniglot"]
-    source = D._open_source(spec, s.zip_root)
+    source = image_sources.open_source(spec, s.zip_root)
     split_file = s.split_dir / "train.txt"
     key = D.cache_key(spec, source, split_file)
-    assert key == D.cache_key(spec, D._open_source(spec, s.zip_root), split_file)
+    assert key == D.cache_key(spec, image_sources.open_source(spec, s.zip_root), split_file)
     assert key != D.cache_key(spec, source, s.split_dir / "val.txt")
-    monkeypatch.setattr(D, "RESIZE_FILTER", "BILINEAR")
+    monkeypatch.setattr(image_sources, "RESIZE_FILTER", "BILINEAR")
     assert D.cache_key(spec, source, split_file) != key
-    monkeypatch.setattr(D, "RESIZE_FILTER", "LANCZOS")
-    monkeypatch.setattr(D, "CACHE_VERSION", D.CACHE_VERSION + 1)
+    monkeypatch.setattr(image_sources, "RESIZE_FILTER", "LANCZOS")
+    monkeypatch.setattr(split_cache, "CACHE_VERSION", split_cache.CACHE_VERSION + 1)
     assert D.cache_key(spec, source, split_file) != key
     monkeypatch.undo()
     other = D.DatasetSpec("omniglot", 1, 32, spec.default_root)
@@ -108,14 +109,14 @@ def test_cache_key_changes_with_preprocessing_and_inputs(synthetic_omniglot, mon
     # Content of the data: a changed zip changes the key.
     with zipfile.ZipFile(s.zip_root / "images_background.zip", "a") as zf:
         zf.writestr("images_background/Alpha/character01/extra.txt", b"x")
-    assert D.cache_key(spec, D._open_source(spec, s.zip_root), split_file) != key
+    assert D.cache_key(spec, image_sources.open_source(spec, s.zip_root), split_file) != key
     # Folder layout: touching a file changes the key.
-    fsrc = D._open_source(spec, s.folder_root)
+    fsrc = image_sources.open_source(spec, s.folder_root)
     fkey = D.cache_key(spec, fsrc, split_file)
     png = next((s.folder_root / "images_background" / "Alpha" / "character01").glob("*.png"))
     st = png.stat()
     os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert D.cache_key(spec, D._open_source(spec, s.folder_root), split_file) != fkey
+    assert D.cache_key(spec, image_sources.open_source(spec, s.folder_root), split_file) != fkey
 
 
 def test_read_only_root_falls_back_to_cache_dir(synthetic_omniglot, tmp_path, monkeypatch):
@@ -127,7 +128,7 @@ def test_read_only_root_falls_back_to_cache_dir(synthetic_omniglot, tmp_path, mo
         a = _load(s.zip_root, "val", s.split_dir)
         assert not (s.zip_root / ".cache").exists()
         assert len(list(fallback.glob("omniglot-val-*.pt"))) == 1
-        monkeypatch.setattr(D, "_decode", lambda *a, **k: pytest.fail("cache not used"))
+        monkeypatch.setattr(image_sources, "decode", lambda *a, **k: pytest.fail("cache not used"))
         assert torch.equal(_load(s.zip_root, "val", s.split_dir).images, a.images)
     finally:
         os.chmod(s.zip_root, 0o755)
@@ -195,7 +196,7 @@ def test_missing_root_file_root_and_unreadable(tmp_path, monkeypatch):
     f.write_bytes(b"x")
     with pytest.raises(DataError, match=r"is a file, not a folder; pass --data-root .*\(pass its folder"):
         _load(f)
-    monkeypatch.setattr(D, "_readable", lambda p: False)
+    monkeypatch.setattr(image_sources, "_readable", lambda p: False)
     with pytest.raises(DataError, match=r"data root .* is not readable \(permission denied\)"):
         _load(tmp_path)
 
@@ -304,7 +305,7 @@ def test_packaged_vinyals_split_files():
 def test_packaged_ravi_split_files():
     counts = {}
     for split, n in (("train", 64), ("val", 16), ("test", 20)):
-        rows = D._read_csv(D.SPLITS_DIR / "miniimagenet-ravi" / f"{split}.csv")
+        rows = D.read_csv(D.SPLITS_DIR / "miniimagenet-ravi" / f"{split}.csv")
         labels = {lab for _, lab in rows}
         assert len(labels) == n and len(rows) == 600 * n
         counts[split] = labels

@@ -1,0 +1,116 @@
+"""The tensor cache of decoded splits.
+
+Each split is decoded once, resized, and cached as one uint8 tensor file
+`<dataset>-<split>-<key>.pt`; a later load reads that file (well under a second).  The key
+(`cache_key`) hashes the source's content, the preprocessing parameters, the split file and
+CACHE_VERSION, so any change to them misses the cache.  Caches live in `<data root>/.cache`,
+else $L2L_APP_CACHE_DIR or ~/.cache/l2l_app (see `cache_dirs`); an unreadable cache file is
+ignored with a warning and rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional
+
+import torch
+
+from l2l_app import image_sources
+from l2l_app.image_sources import one_line
+
+if TYPE_CHECKING:
+    from l2l_app.datasets import DatasetSpec, SplitData
+    from l2l_app.image_sources import Source
+
+CACHE_VERSION = 1
+
+
+def cache_key(spec: "DatasetSpec", source: "Source", split_file: Path) -> str:
+    """Short hash of source content, preprocessing parameters, the split file and CACHE_VERSION."""
+    h = hashlib.sha256()
+    params = {"version": CACHE_VERSION, "dataset": spec.name, "image_size": spec.image_size,
+              "channels": spec.in_channels, "filter": image_sources.RESIZE_FILTER,
+              "rotations": spec.name == "omniglot", "invert": spec.name == "omniglot"}
+    h.update(json.dumps(params, sort_keys=True).encode())
+    h.update(source.fingerprint(split_file).encode())
+    h.update(split_file.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_dirs(root: Path) -> List[Path]:
+    """Where caches are looked for, in order: `<root>/.cache`, then $L2L_APP_CACHE_DIR or ~/.cache/l2l_app."""
+    fallback = os.environ.get("L2L_APP_CACHE_DIR")
+    return [root / ".cache", Path(fallback).expanduser() if fallback else Path.home() / ".cache" / "l2l_app"]
+
+
+def _cache_name(spec: "DatasetSpec", split: str, key: str) -> str:
+    return f"{spec.name}-{split}-{key}.pt"
+
+
+def read_cache_path(spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional[Path]:
+    """The first existing cache file of (split, key) among `cache_dirs(root)`, or None."""
+    for d in cache_dirs(root):
+        p = d / _cache_name(spec, split, key)
+        if p.is_file():
+            return p
+    return None
+
+
+def read_cache(spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional["SplitData"]:
+    """The cached split (images uint8 [N, C, H, W], labels int64 [N]), or None on a miss or an unreadable file."""
+    p = read_cache_path(spec, split, key, root)
+    if p is None:
+        return None
+    from l2l_app.datasets import SplitData  # local import: datasets imports this module
+
+    try:
+        d = torch.load(p, map_location="cpu", weights_only=True)
+        return SplitData(d["images"], d["labels"], list(d["class_names"]), spec.name, split)
+    except Exception as e:  # a truncated or foreign file: rebuild it
+        warnings.warn(f"ignoring unreadable cache {p}: {one_line(e)}", stacklevel=3)
+        return None
+
+
+def _dir_writable(d: Path) -> bool:
+    """True if `d` (or the nearest existing parent it would be created in) may be written.
+
+    Honours the permission bits even for root, so a read-only shared folder (mode r-x) stays untouched.
+    """
+    p = d
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    try:
+        return p.is_dir() and os.access(p, os.W_OK | os.X_OK) and bool(p.stat().st_mode & 0o200)
+    except OSError:
+        return False
+
+
+def write_cache(data: "SplitData", spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional[Path]:
+    """Atomically write the cache into the first writable cache dir; warn and return None if none is."""
+    payload = {"images": data.images, "labels": data.labels, "class_names": list(data.class_names),
+               "key": key, "version": CACHE_VERSION}
+    for d in cache_dirs(root):
+        if not _dir_writable(d):
+            continue
+        tmp = None
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=d)
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
+            target = d / _cache_name(spec, split, key)
+            os.replace(tmp, target)
+            return target
+        except OSError:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+    warnings.warn(f"could not write a cache for the {spec.name} {split} split (no writable folder among "
+                  f"{', '.join(map(str, cache_dirs(root)))}); set L2L_APP_CACHE_DIR", stacklevel=3)
+    return None
