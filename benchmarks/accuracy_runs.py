@@ -56,16 +56,16 @@ EXPERIMENTS = {
         [(5, 1)]),
     "reptile-5w1s-cpu": (
         ["--recipe", "reptile-omniglot-5w1s", "--iterations", "500",
-         "--val-every", "250", "--val-episodes", "50", "--engine", "batched", "--sampler", "tensor"],
+         "--val-every", "250", "--val-episodes", "50"],
         [(5, 1)]),
     # Issue 4: the same MAML training on both engines (same seed, same steps, same tensor-sampler
     # episodes); only how the meta-batch is computed differs.
     "maml-5w1s-loop-engine": (
-        ["--recipe", "maml-omniglot-5w1s", "--meta-batch", "8", "--iterations", "500", "--val-every", "250",
+        ["--recipe", "maml-omniglot-5w1s", "--meta-batch", "4", "--iterations", "300", "--val-every", "150",
          "--val-episodes", "100", "--engine", "loop", "--sampler", "tensor"],
         [(5, 1)]),
     "maml-5w1s-batched-engine": (
-        ["--recipe", "maml-omniglot-5w1s", "--meta-batch", "8", "--iterations", "500", "--val-every", "250",
+        ["--recipe", "maml-omniglot-5w1s", "--meta-batch", "4", "--iterations", "300", "--val-every", "150",
          "--val-episodes", "100", "--engine", "batched", "--sampler", "tensor"],
         [(5, 1)]),
 }

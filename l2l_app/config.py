@@ -15,6 +15,9 @@ from typing import Any, Dict, Optional
 from .errors import ConfigError
 
 ALGORITHMS = ("protonet", "maml", "reptile")
+#: inner learning rate when --inner-lr is not given: MAML Omniglot's SGD step (Finn et al.),
+#: Reptile's inner Adam (Nichol et al.)
+DEFAULT_INNER_LR = {"maml": 0.4, "reptile": 1e-3, "protonet": 0.0}
 ENGINES = ("auto", "loop", "batched")
 SAMPLERS = ("auto", "l2l", "tensor")
 INNER_OPTIMIZERS = ("adam", "sgd")
@@ -49,7 +52,7 @@ class ModelConfig:
 @dataclass(frozen=True)
 class AlgorithmConfig:
     algo: str = "protonet"
-    inner_lr: float = 0.4
+    inner_lr: Optional[float] = None  # None: DEFAULT_INNER_LR of the algorithm
     inner_steps: int = 1
     test_inner_steps: Optional[int] = None
     first_order: bool = False
@@ -116,6 +119,11 @@ class ExperimentConfig:
     @property
     def train_queries(self) -> int:
         return self.task.train_queries or self.task.queries
+
+    @property
+    def inner_lr(self) -> float:
+        a = self.algorithm
+        return DEFAULT_INNER_LR.get(a.algo, 0.0) if a.inner_lr is None else a.inner_lr
 
     @property
     def test_inner_steps(self) -> int:
@@ -230,6 +238,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         _positive(errors, name, config.flat()[name], 0)
     for name in ("inner_lr", "meta_lr"):
         value = config.flat()[name]
+        if value is None:
+            continue
         if not isinstance(value, (int, float)) or not (0 < value < float("inf")):
             errors.append(f"{flag(name)} must be a positive number, got {value!r}")
     for name in ("meta_lr_final", "grad_clip", "max_memory", "time_budget", "lr_decay", "checkpoint_minutes"):

@@ -24,14 +24,15 @@ LOOP: Dict[str, type] = {"protonet": ProtoNet, "maml": MAML, "reptile": Reptile}
 
 #: (algorithm, device type) -> the faster engine for a meta-batch of at least
 #: `BATCHED_FROM_META_BATCH` tasks, from `l2l-app bench` (benchmarks/results/):
-#: - CPU (2 cores): the loop for MAML (torch.func's vmap is ~10x slower there) and ProtoNet
-#:   (1.25x), the batched engine for Reptile (1.2-1.5x);
-#: - CUDA (H200): the batched engine for all, 5-8x at 32 tasks (gpu-h200/*/bench.md); at one
+#: - CPU (2 cores, cpu/*/bench.md): the loop for all three; the batched engine is 3.5x slower
+#:   for MAML, 1.6x for Reptile and 1.9x for ProtoNet at 32 tasks (vmap's grouped convolutions
+#:   and the primitive batch norm cost more than they save without a GPU);
+#: - CUDA (H200, gpu-h200/*/bench.md): the batched engine for all, 5-8x at 32 tasks; at one
 #:   task the loop is faster (MAML 11.5 vs 19.8 ms), the crossover lies between 1 and 4 tasks.
 AUTO_ENGINE: Dict[Tuple[str, str], str] = {
     ("maml", "cpu"): "loop",
     ("protonet", "cpu"): "loop",
-    ("reptile", "cpu"): "batched",
+    ("reptile", "cpu"): "loop",
     ("maml", "cuda"): "batched",
     ("protonet", "cuda"): "batched",
     ("reptile", "cuda"): "batched",
@@ -75,10 +76,10 @@ def learner_kwargs(config: ExperimentConfig) -> Dict[str, object]:
     if a.algo == "protonet":
         return {}
     if a.algo == "maml":
-        return dict(inner_lr=a.inner_lr, inner_steps=a.inner_steps,
+        return dict(inner_lr=config.inner_lr, inner_steps=a.inner_steps,
                     test_inner_steps=config.test_inner_steps, first_order=a.first_order)
     if a.algo == "reptile":
-        return dict(inner_lr=a.inner_lr, inner_steps=a.inner_steps, inner_batch=a.inner_batch,
+        return dict(inner_lr=config.inner_lr, inner_steps=a.inner_steps, inner_batch=a.inner_batch,
                     inner_optimizer=a.inner_optimizer, test_inner_steps=config.test_inner_steps,
                     transductive=a.transductive, seed=config.run.seed)
     raise unknown("algorithm", a.algo, LOOP)

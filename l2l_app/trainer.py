@@ -102,7 +102,7 @@ def eval_protocol(config: ExperimentConfig, split: str, episodes: int, seed: int
     }
     if a.algo in ("maml", "reptile"):
         protocol["test_inner_steps"] = config.test_inner_steps
-        protocol["inner_lr"] = a.inner_lr
+        protocol["inner_lr"] = config.inner_lr
     return protocol
 
 

@@ -248,3 +248,12 @@ def test_compile_smoke(algo):
     assert compiled.compile_seconds is not None and compiled.compile_seconds > 0
     skip = bn_invariant_biases(loop.model) if algo == "reptile" else set()
     assert rel_diff(flat_grads(compiled.model, skip), flat_grads(loop.model, skip)) < 1e-4
+
+
+def test_compile_modes():
+    """compile=True is torch.compile's default mode; a string picks the mode (e.g. CUDA graphs)."""
+    model = make_net("maml")
+    assert BatchedMAML(model, INNER_LR, 1).compile_mode is None
+    assert BatchedMAML(model, INNER_LR, 1, compile=True).compile_mode == "default"
+    learner = BatchedMAML(model, INNER_LR, 1, compile="reduce-overhead")
+    assert learner.compile and learner.compile_mode == "reduce-overhead"

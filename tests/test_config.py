@@ -75,7 +75,15 @@ def test_auto_engine_never_picks_the_slower_measured_engine():
     from l2l_app.registry import resolve_engine
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_engine("maml", "auto", cpu, 32) == "loop"
-    assert resolve_engine("reptile", "auto", cpu, 5) == "batched"
+    assert resolve_engine("reptile", "auto", cpu, 5) == "loop"
+    assert resolve_engine("reptile", "auto", cuda, 5) == "batched"
     assert resolve_engine("maml", "auto", cuda, 32) == "batched"
     assert resolve_engine("maml", "auto", cuda, 1) == "loop"
     assert resolve_engine("protonet", "batched", cpu, 1) == "batched"
+
+
+def test_inner_lr_default_depends_on_the_algorithm():
+    maml = with_overrides(ExperimentConfig(), {"algo": "maml"})
+    reptile = with_overrides(ExperimentConfig(), {"algo": "reptile"})
+    assert (maml.inner_lr, reptile.inner_lr) == (0.4, 1e-3)
+    assert with_overrides(ExperimentConfig(), {"algo": "reptile", "inner_lr": 0.01}).inner_lr == 0.01
