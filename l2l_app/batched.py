@@ -40,7 +40,7 @@ from torch.func import functional_call, grad, vmap
 
 from .algorithms.base import MetaLearner, accuracy
 from .algorithms.protonet import prototypes, squared_euclidean_logits
-from .algorithms.reptile import ADAM_BETAS, ADAM_EPS, minibatch_schedule
+from .algorithms.reptile import ADAM_BETAS, ADAM_EPS, ReptileSettings, minibatch_schedule
 from .backbones import assert_no_aliased_submodules, batchnorm_mode
 from .runtime import set_tf32  # noqa: F401  (re-exported: the engine's TF32 switch)
 from .tasks import EpisodeBatch
@@ -283,7 +283,7 @@ def _adam_adapt(loss_fn, params: Params, xs: torch.Tensor, ys: torch.Tensor, lr:
     return fast
 
 
-class BatchedReptile(_BatchedLearner):
+class BatchedReptile(ReptileSettings, _BatchedLearner):
     """Reptile (Nichol et al., 2018) with `vmap` over tasks of functional SGD / Adam (beta1 = 0).
 
     Same constructor and `meta_step(batch, schedule=None)` as `algorithms.reptile.Reptile`;
@@ -294,23 +294,10 @@ class BatchedReptile(_BatchedLearner):
                  inner_optimizer: str = "adam", test_inner_steps: int | None = None,
                  transductive: bool = True, seed: int = 0, chunk_size: int | None = None,
                  compile: bool = False, bn_impl: str = "primitive") -> None:
-        super().__init__(model, chunk_size, compile)
-        if inner_optimizer not in ("adam", "sgd"):
-            raise ValueError(f"unknown inner optimiser {inner_optimizer!r}; choose adam or sgd")
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.inner_batch = inner_batch
-        self.inner_optimizer = inner_optimizer
-        self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
-        self.transductive = transductive
+        _BatchedLearner.__init__(self, model, chunk_size, compile)
+        self._init_reptile(inner_lr, inner_steps, inner_batch, inner_optimizer, test_inner_steps,
+                           transductive, seed)
         self.bn_impl = bn_impl
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        return {"generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
 
     def _loss(self, p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(self.model, p, (x,)), y)

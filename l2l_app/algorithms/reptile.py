@@ -63,15 +63,14 @@ def query_logits(model: nn.Module, support_x: torch.Tensor, query_x: torch.Tenso
     return logits.reshape(nq, ns + 1, -1)[:, -1]
 
 
-class Reptile(MetaLearner):
-    """Reptile with a fresh inner optimiser per task, one task at a time."""
+class ReptileSettings:
+    """Hyperparameters and the mini-batch generator, shared by the loop and batched engines
+    (the same seed gives both the same schedules); the generator state is saved in checkpoints."""
 
-    engine = "loop"
-
-    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, inner_batch: int,
-                 inner_optimizer: str = "adam", test_inner_steps: int | None = None,
-                 transductive: bool = True, seed: int = 0) -> None:
-        super().__init__(model)
+    def _init_reptile(self, inner_lr: float, inner_steps: int, inner_batch: int, inner_optimizer: str,
+                      test_inner_steps: int | None, transductive: bool, seed: int) -> None:
+        if inner_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"unknown inner optimiser {inner_optimizer!r}; choose adam or sgd")
         self.inner_lr = inner_lr
         self.inner_steps = inner_steps
         self.inner_batch = inner_batch
@@ -85,6 +84,19 @@ class Reptile(MetaLearner):
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         self.generator.set_state(state["generator"])
+
+
+class Reptile(ReptileSettings, MetaLearner):
+    """Reptile with a fresh inner optimiser per task, one task at a time."""
+
+    engine = "loop"
+
+    def __init__(self, model: nn.Module, inner_lr: float, inner_steps: int, inner_batch: int,
+                 inner_optimizer: str = "adam", test_inner_steps: int | None = None,
+                 transductive: bool = True, seed: int = 0) -> None:
+        MetaLearner.__init__(self, model)
+        self._init_reptile(inner_lr, inner_steps, inner_batch, inner_optimizer, test_inner_steps,
+                           transductive, seed)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, schedule: torch.Tensor) -> nn.Module:
         """A copy of the model trained on the support mini-batches in `schedule` [steps, inner_batch]."""
