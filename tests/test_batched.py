@@ -257,3 +257,11 @@ def test_compile_modes():
     assert BatchedMAML(model, INNER_LR, 1, compile=True).compile_mode == "default"
     learner = BatchedMAML(model, INNER_LR, 1, compile="reduce-overhead")
     assert learner.compile and learner.compile_mode == "reduce-overhead"
+
+
+def test_learn2learn_omniglotcnn_is_rejected():
+    """learn2learn's OmniglotCNN registers its ConvBase as `.base` and `.features`: functional_call
+    would leave adapted tensors in it, so the batched engine refuses it up front."""
+    import learn2learn as l2l
+    with pytest.raises(ValueError, match="registered twice"):
+        BatchedMAML(l2l.vision.models.OmniglotCNN(WAYS), INNER_LR, 1)

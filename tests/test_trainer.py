@@ -105,3 +105,17 @@ def test_max_memory_picks_a_chunk_size(tmp_path):
     roomy = Trainer(config(algo="maml", train_ways=None, engine="batched", meta_batch=4, iterations=1,
                            max_memory=64.0), tmp_path / "roomy", progress=False)
     assert roomy.learner.chunk_size == 4
+
+
+@pytest.mark.parametrize("algo,extra,steps", [
+    ("maml", dict(meta_batch=4, inner_lr=0.4, inner_steps=1, test_inner_steps=3, train_queries=1), 100),
+    ("reptile", dict(meta_batch=5, inner_lr=1e-3, inner_steps=5, inner_batch=10, train_shots=5,
+                     meta_lr=1.0, test_inner_steps=10), 40),
+])
+def test_maml_and_reptile_learn_on_omniglot(tmp_path, algo, extra, steps):
+    """Short real runs (seconds on 2 quiet cores) are well above chance (20%) on unseen test classes."""
+    cfg = config(algo=algo, train_ways=None, hidden=32, queries=5, iterations=steps, val_every=steps,
+                 val_episodes=20, checkpoint_every=steps, **extra)
+    Trainer(cfg, tmp_path / "run", progress=False).fit()
+    result = evaluate_run(tmp_path / "run", episodes=100, progress=False)
+    assert result.mean > 35.0, result  # chance is 20%; 60 steps gave 42%, 40 Reptile steps 53%
