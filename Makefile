@@ -29,6 +29,7 @@ demo: install
 	  --time-budget $(DEMO_MINUTES) --val-every 100 --val-episodes 100 --seed 0 \
 	  --out $(DEMO_DIR) --overwrite
 	$(VENV)/bin/l2l-app eval --run $(DEMO_DIR) --episodes 1000 --split test
+	$(VENV)/bin/l2l-app eval --run $(DEMO_DIR) --episodes 1000 --split test --shots 5
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -163,6 +163,9 @@ def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
     click.echo(f"trained {summary.steps} steps in {summary.seconds:.1f}s{note} "
                f"[{trainer.engine} engine, {trainer.sampler} sampler, {trainer.device}]; "
                f"best validation accuracy {best}; run: {run_dir}")
+    compile_seconds = getattr(trainer.learner, "compile_seconds", None)
+    if compile_seconds is not None:
+        click.echo(f"torch.compile: first call (compilation included) took {compile_seconds:.1f}s")
     if summary.skipped_steps:
         click.echo(f"skipped {summary.skipped_steps} steps with a non-finite loss")
     if summary.bad_images:
