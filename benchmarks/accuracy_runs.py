@@ -54,14 +54,6 @@ EXPERIMENTS = {
         ["--recipe", "fomaml-omniglot-5w1s", "--meta-batch", "8", "--iterations", "1000",
          "--val-every", "100", "--val-episodes", "100", "--engine", "loop"],
         [(5, 1)]),
-    "maml-5w1s-cpu-3000": (
-        ["--recipe", "maml-omniglot-5w1s", "--meta-batch", "8", "--iterations", "3000",
-         "--val-every", "250", "--val-episodes", "100", "--engine", "loop"],
-        [(5, 1)]),
-    "fomaml-5w1s-cpu-3000": (
-        ["--recipe", "fomaml-omniglot-5w1s", "--meta-batch", "8", "--iterations", "3000",
-         "--val-every", "250", "--val-episodes", "100", "--engine", "loop"],
-        [(5, 1)]),
     "reptile-5w1s-cpu": (
         ["--recipe", "reptile-omniglot-5w1s", "--iterations", "500",
          "--val-every", "250", "--val-episodes", "50"],
