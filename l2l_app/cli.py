@@ -61,8 +61,6 @@ TRAIN_FLAGS = [
     ("skip_nonfinite", "--skip-nonfinite/--stop-nonfinite", "skip steps whose loss is NaN/inf"),
     ("skip_bad_images", "--skip-bad-images/--no-skip-bad-images", "skip unreadable images (counted and reported)"),
 ]
-RESUME_CHANGEABLE = {"iterations", "time_budget", "device", "val_every", "checkpoint_every",
-                     "checkpoint_minutes"}
 
 
 class OneLineErrors(click.Group):
@@ -129,28 +127,19 @@ def _build_config(recipe: str | None, overrides: Dict[str, Any]):
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
     """Meta-train a model into a run directory (config.json, metrics.jsonl, checkpoints/)."""
-    from .trainer import Interrupted, NonFiniteLossError, Trainer, load_run
-    from .config import with_overrides
+    from .trainer import Interrupted, NonFiniteLossError, Trainer, resume_config
     given = {k: v for k, v in overrides.items() if v is not None}
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise click.UsageError("--resume RUN_DIR continues that directory; drop --out")
-        fixed = sorted(set(given) - RESUME_CHANGEABLE) + (["recipe"] if recipe else [])
-        if fixed:
-            raise click.UsageError(f"cannot change --{fixed[0].replace('_', '-')} when resuming; "
-                                   f"only {', '.join('--' + n.replace('_', '-') for n in sorted(RESUME_CHANGEABLE))} "
-                                   f"may change")
-        config = with_overrides(load_run(resume), given)
-        run_dir = Path(resume)
+        if recipe:
+            raise click.UsageError("cannot change --recipe when resuming")
+        config, run_dir = resume_config(resume, given), Path(resume)
     else:
         if out is None:
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        config = _build_config(recipe, given)
-        run_dir = Path(out)
+        config, run_dir = _build_config(recipe, given), Path(out)
     trainer = Trainer(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=not quiet)
-    if resume is not None:
-        from .config import dump_json
-        dump_json(trainer.config, run_dir / "config.json")
     try:
         summary = trainer.fit()
     except NonFiniteLossError as exc:

@@ -152,6 +152,7 @@ class Trainer:
         self.skipped = 0
         if resume:
             self._restore()
+            dump_json(c, self.run_dir / CONFIG_FILE)  # records what --resume changed (e.g. --iterations)
         else:
             dump_json(c, self.run_dir / CONFIG_FILE)
             (self.run_dir / "run.json").write_text(json.dumps(
@@ -283,7 +284,7 @@ class Trainer:
                 lr = self.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():
                     # a skipped step advances the schedule without an optimiser step, on purpose
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                     self.scheduler.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
@@ -330,6 +331,19 @@ class Trainer:
         if self.best_val is None or result.mean > self.best_val:
             self.best_val, self.best_step = result.mean, self.step
             self.save("best")
+
+
+#: the settings `train --resume` may change; everything else would make the resumed run a different one
+RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "val_every", "checkpoint_every", "checkpoint_minutes")
+
+
+def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
+    """The saved config of `run_dir` with the few settings a resumed run may change."""
+    fixed = [name for name in overrides if name not in RESUME_CHANGEABLE]
+    if fixed:
+        allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE)
+        raise ConfigError(f"cannot change --{fixed[0].replace('_', '-')} when resuming; only {allowed} may change")
+    return with_overrides(load_run(run_dir), overrides)
 
 
 def load_run(run_dir: Path) -> ExperimentConfig:

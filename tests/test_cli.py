@@ -116,3 +116,13 @@ def test_train_then_eval_is_reproducible(tmp_path):
     saved = json.loads((out / "eval-test-best.json").read_text())
     assert saved["episodes"] == 20 and len(saved["accuracies"]) == 20
     assert saved["protocol"]["queries"] == 2 and "transductive" in saved["protocol"]["batchnorm"]
+
+
+def test_resume_may_extend_but_not_change_the_run(tmp_path):
+    out = tmp_path / "run"
+    assert run("train", "--out", out, *FAST).exit_code == 0
+    assert_one_line_error(run("train", "--resume", out, "--meta-lr", "0.1"), "cannot change --meta-lr")
+    longer = run("train", "--resume", out, "--iterations", 3, "--quiet")
+    assert longer.exit_code == 0, longer.output
+    assert "trained 3 steps" in longer.output
+    assert json.loads((out / "config.json").read_text())["optim"]["iterations"] == 3
