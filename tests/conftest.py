@@ -183,3 +183,14 @@ def random_episodes(ways: int, shots: int, queries: int, tasks: int, size: int,
     sy = torch.stack([torch.randperm(ways, generator=g).repeat_interleave(shots) for _ in range(tasks)])
     qy = torch.stack([torch.randperm(ways, generator=g).repeat_interleave(queries) for _ in range(tasks)])
     return EpisodeBatch(sx, sy, qx, qy, ways, shots, queries)
+
+
+def corrupt_zip_member(zpath: Path, folder: str, index: int) -> str:
+    """Rewrite `zpath` with its `index`-th (sorted) member under `folder` replaced by garbage; its name."""
+    with zipfile.ZipFile(zpath) as zf:
+        items = [(n, zf.read(n)) for n in zf.namelist()]
+    bad = sorted(n for n, _ in items if folder in n)[index]
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for n, data in items:
+            zf.writestr(n, b"garbage" if n == bad else data)
+    return bad

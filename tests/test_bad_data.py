@@ -16,7 +16,7 @@ from l2l_app.cli import cli
 from l2l_app.datasets import load_split
 from l2l_app.errors import DataError
 
-from conftest import SYNTH_DRAWINGS, with_own_split_files
+from conftest import SYNTH_DRAWINGS, corrupt_zip_member, with_own_split_files
 
 TINY = ["--algo", "protonet", "--hidden", "8", "--ways", "5", "--shots", "1", "--queries", "2",
         "--iterations", "2", "--val-every", "2", "--val-episodes", "2", "--device", "cpu", "--quiet"]
@@ -123,17 +123,10 @@ def test_unreadable_image_names_the_file_or_is_skipped(root, breaker):
 
 
 def test_bad_image_in_a_zip_is_skipped(synthetic_omniglot):
-    import zipfile
-
     s = synthetic_omniglot
     zroot = with_own_split_files(s, s.zip_root)
     zpath = zroot / "images_background.zip"
-    with zipfile.ZipFile(zpath) as zf:
-        items = [(n, zf.read(n)) for n in zf.namelist()]
-    bad = sorted(n for n, _ in items if "/Alpha/character01/" in n)[0]
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for n, data in items:
-            zf.writestr(n, b"garbage" if n == bad else data)
+    bad = corrupt_zip_member(zpath, "/Alpha/character01/", 0)
     with pytest.raises(DataError, match=f"images_background.zip:{bad}"):
         load(zroot)
     d = load(zroot, skip_bad_images=True)

@@ -15,6 +15,8 @@ from l2l_app import image_sources, split_cache
 from l2l_app.datasets import DATASETS, SplitData, build_metadataset, check_disjoint, load_split, load_splits
 from l2l_app.errors import DataError
 
+from conftest import corrupt_zip_member
+
 
 def _load(root, split="train", split_dir=None, **kw):
     kw.setdefault("progress", False)
@@ -252,13 +254,7 @@ def test_corrupt_image_names_the_file(synthetic_omniglot):
     with pytest.raises(DataError, match=rf"cannot decode image .*{png.name}: .*the file is corrupt"):
         _load(s.folder_root, "train", s.split_dir)
     # Same in a zip.
-    zpath = s.zip_root / "images_background.zip"
-    with zipfile.ZipFile(zpath) as zf:
-        items = [(n, zf.read(n)) for n in zf.namelist()]
-    bad = sorted(n for n, _ in items if "/Alpha/character02/" in n)[3]
-    with zipfile.ZipFile(zpath, "w") as zf:
-        for n, data in items:
-            zf.writestr(n, b"garbage" if n == bad else data)
+    bad = corrupt_zip_member(s.zip_root / "images_background.zip", "/Alpha/character02/", 3)
     with pytest.raises(DataError, match=rf"cannot decode image .*images_background.zip:{bad}"):
         _load(s.zip_root, "train", s.split_dir)
 
