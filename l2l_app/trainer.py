@@ -152,9 +152,8 @@ class Trainer:
         self.skipped = 0
         if resume:
             self._restore()
-            dump_json(c, self.run_dir / CONFIG_FILE)  # records what --resume changed (e.g. --iterations)
-        else:
-            dump_json(c, self.run_dir / CONFIG_FILE)
+        dump_json(c, self.run_dir / CONFIG_FILE)  # on --resume, records what it changed (e.g. --iterations)
+        if not resume:
             (self.run_dir / "run.json").write_text(json.dumps(
                 {"engine": self.engine, "sampler": self.sampler, "device": str(self.device),
                  "chunk_size": getattr(self.learner, "chunk_size", None),
