@@ -1,70 +1,199 @@
 """`l2l-app`: the command line.  Parse, build a config, call one library function, print.
 
-Every library error becomes a one-line `error: ...` message on stderr and exit code 2
-(bad input).  A run stopped by a NaN exits 1; one stopped by SIGINT/SIGTERM exits
-128 + signal number after writing a checkpoint.
+Every library error and every refused option (a value out of range, a choice that does not
+exist, a setting the chosen algorithm does not use) becomes a one-line `error: ...` message on
+stderr and exit code 2 (bad input), before anything is built or written.  A run stopped by a
+NaN exits 1; one stopped by SIGINT/SIGTERM exits 128 + signal number after writing a checkpoint.
+`l2l-app` alone prints the help.
 """
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
+from .config import (ALGO_ALIASES, ALGORITHMS, APPLIES_TO, BACKBONES, BOOL_FLAGS, DATASET_NAMES, DEFAULT_INNER_LR,
+                     DEFAULTS, ENGINES, INNER_OPTIMIZERS, SAMPLERS, SPLITS, Limit, flag, limit_error, not_one_of)
 from .errors import L2LAppError
 
-# (flat config name, click type, help).  Defaults live in config.py / recipes, so every
-# option defaults to None here and only flags the user gave override anything.
-TRAIN_OPTIONS: List[Tuple[str, Any, str]] = [
-    ("algo", str, "protonet | maml | reptile"),
-    ("dataset", str, "omniglot | miniimagenet"),
-    ("data_root", str, "dataset folder (zips or extracted folders); default: bundled Omniglot"),
-    ("sampler", str, "episode sampler: auto | l2l (learn2learn TaskDataset) | tensor (on-device)"),
-    ("ways", int, "classes per test/validation episode"),
-    ("shots", int, "support images per class (test/validation)"),
-    ("queries", int, "query images per class (test/validation)"),
-    ("train_ways", int, "classes per training episode (default: --ways)"),
-    ("train_shots", int, "support images per class in training (default: --shots)"),
-    ("train_queries", int, "query images per class in training (default: --queries)"),
-    ("backbone", str, "conv4 | conv4-strided"),
-    ("hidden", int, "filters per conv layer"),
-    ("inner_lr", float, "MAML/Reptile inner-loop learning rate"),
-    ("inner_steps", int, "inner-loop steps in training"),
-    ("test_inner_steps", int, "inner-loop steps at evaluation (default: --inner-steps)"),
-    ("inner_batch", int, "Reptile inner mini-batch size"),
-    ("inner_optimizer", str, "Reptile inner optimiser: adam (beta1=0) | sgd"),
-    ("meta_lr", float, "meta learning rate (Adam; Reptile's initial epsilon)"),
-    ("meta_lr_final", float, "Reptile's final epsilon (linear annealing; default 0)"),
-    ("meta_batch", int, "tasks per meta-step"),
-    ("iterations", int, "meta-steps"),
-    ("grad_clip", float, "clip the meta-gradient norm"),
-    ("lr_decay_every", int, "multiply the meta lr by --lr-decay every N steps"),
-    ("lr_decay", float, "meta lr decay factor"),
-    ("seed", int, "random seed"),
-    ("device", str, "auto | cpu | cuda | cuda:N"),
-    ("engine", str, "auto | loop (learn2learn, one task at a time) | batched (torch.func)"),
-    ("chunk_size", int, "batched engine: tasks per vmap chunk"),
-    ("max_memory", float, "batched engine: memory budget in GiB that picks the chunk size"),
-    ("val_every", int, "validate every N steps"),
-    ("val_episodes", int, "validation episodes"),
-    ("checkpoint_every", int, "write checkpoints/last.pt every N steps"),
-    ("checkpoint_minutes", float, "also write it every M minutes"),
-    ("time_budget", float, "stop after M minutes of training (a checkpoint is written)"),
+
+class Choices(click.Choice):
+    """click.Choice whose refusal is the usual one line: `--split 'tset' is not one of ...; did you mean 'test'?`."""
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        if value in self.choices:
+            return value
+        option = param.opts[0] if param is not None and param.opts else "value"
+        raise click.UsageError(not_one_of(option, value, self.choices), ctx)
+
+
+class SectionedOption(click.Option):
+    """An option with a --help section and a documented default that it does not set itself.
+
+    Train options default to None so that only the flags the user gives override the recipe or
+    config file; `shown_default` says in --help what applies when the flag is left out.
+    """
+
+    def __init__(self, *args: Any, section: str = "Options", shown_default: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.section = section
+        self.shown_default = shown_default
+
+    def get_help_record(self, ctx: click.Context) -> Optional[Tuple[str, str]]:
+        record = super().get_help_record(ctx)
+        if record is None or self.shown_default is None:
+            return record
+        spec, text = record
+        return spec, f"{text}  [default: {self.shown_default}]".strip()
+
+
+class SectionedCommand(click.Command):
+    """A command whose --help lists its options under their sections, in declaration order."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: Dict[str, List[Tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None and isinstance(param, click.Option):
+                sections.setdefault(getattr(param, "section", "Other options"), []).append(record)
+        for title, rows in sections.items():
+            with formatter.section(title):
+                formatter.write_dl(rows)
+
+
+#: what --help says for settings whose default is None (derived, or off)
+DERIVED_DEFAULTS: Dict[str, str] = {
+    "data_root": "the bundled Omniglot",
+    "train_ways": "--ways",
+    "train_shots": "--shots",
+    "train_queries": "--queries",
+    "inner_lr": ", ".join(f"{a} {DEFAULT_INNER_LR[a]:g}" for a in APPLIES_TO["inner_lr"]),
+    "test_inner_steps": "--inner-steps",
+    "meta_lr_final": "0",
+    "grad_clip": "no clipping",
+    "lr_decay_every": "no decay",
+    "chunk_size": "the whole meta-batch (or what --max-memory allows)",
+    "max_memory": "no budget",
+    "checkpoint_minutes": "off",
+    "time_budget": "none",
+}
+
+
+def shown_default(name: str) -> str:
+    """The default of setting `name` as --help shows it, from the ExperimentConfig defaults."""
+    value = DEFAULTS[name]
+    if value is None:
+        return DERIVED_DEFAULTS[name]
+    if isinstance(value, bool):
+        return flag(name, value).lstrip("-")
+    return str(value)
+
+
+# (flat config name, click type or None for an on/off flag of BOOL_FLAGS, help), by --help section,
+# in the README's groups.  Every option defaults to None: only the flags the user gave override.
+Spec = Tuple[str, Any, str]
+TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
+    ("Data", [
+        ("dataset", Choices(DATASET_NAMES), "dataset"),
+        ("data_root", str, "dataset folder (zips or extracted folders)"),
+        ("sampler", Choices(SAMPLERS), "episode sampler: l2l (learn2learn TaskDataset) or tensor (on-device); "
+                                       "auto: tensor for the batched engine"),
+        ("skip_bad_images", None, "skip unreadable images (counted and reported)"),
+    ]),
+    ("Episodes", [
+        ("ways", int, "classes per test/validation episode"),
+        ("shots", int, "support images per class (test/validation)"),
+        ("queries", int, "query images per class (test/validation)"),
+        ("train_ways", int, "classes per training episode"),
+        ("train_shots", int, "support images per class in training"),
+        ("train_queries", int, "query images per class in training"),
+    ]),
+    ("Model", [
+        ("backbone", Choices(BACKBONES), "embedding network"),
+        ("hidden", int, "filters per conv layer"),
+    ]),
+    ("MAML / Reptile", [
+        ("inner_lr", float, "inner-loop learning rate"),
+        ("inner_steps", int, "inner-loop steps in training"),
+        ("test_inner_steps", int, "inner-loop steps at evaluation"),
+        ("first_order", None, "first-order approximation, i.e. FOMAML"),
+        ("inner_batch", int, "inner mini-batch size"),
+        ("inner_optimizer", Choices(INNER_OPTIMIZERS), "inner optimiser (adam: beta1 = 0)"),
+        ("transductive", None, "batch-norm statistics over all queries at once"),
+    ]),
+    ("Meta-optimiser", [
+        ("meta_lr", float, "meta learning rate (Adam; Reptile's initial epsilon)"),
+        ("meta_lr_final", float, "final epsilon (linear annealing)"),
+        ("meta_batch", int, "tasks per meta-step"),
+        ("iterations", int, "meta-steps"),
+        ("grad_clip", float, "clip the meta-gradient norm"),
+        ("lr_decay_every", int, "multiply the meta lr by --lr-decay every N steps"),
+        ("lr_decay", float, "meta lr decay factor"),
+    ]),
+    ("Run", [
+        ("seed", int, "random seed"),
+        ("device", str, "auto | cpu | cuda | cuda:N"),
+        ("engine", Choices(ENGINES), "loop: learn2learn, one task at a time; batched: torch.func; "
+                                     "auto: the faster one measured for the algorithm and device"),
+        ("chunk_size", int, "batched engine: tasks per vmap chunk"),
+        ("max_memory", float, "batched engine: memory budget in GiB that picks the chunk size"),
+        ("compile", None, "batched engine: torch.compile the meta-loss"),
+        ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
+        ("val_every", int, "validate every N steps"),
+        ("val_episodes", int, "validation episodes"),
+        ("checkpoint_every", int, "write checkpoints/last.pt every N steps"),
+        ("checkpoint_minutes", float, "also write it every M minutes"),
+        ("time_budget", float, "stop after M minutes of training (a checkpoint is written)"),
+        ("skip_nonfinite", None, "skip steps whose loss is NaN/inf instead of stopping"),
+        ("log_every", int, "when output is not a terminal, print a plain progress line every N steps"),
+        ("tensorboard", None, "also write the metrics as TensorBoard scalars in RUN_DIR/tensorboard "
+                              "(needs the optional `tensorboard` package)"),
+    ]),
 ]
-TRAIN_FLAGS = [
-    ("first_order", "--first-order/--second-order", "MAML: first-order approximation (FOMAML)"),
-    ("transductive", "--transductive/--no-transductive", "batch-norm statistics over all queries at once"),
-    ("compile", "--compile/--no-compile", "batched engine: torch.compile the meta-loss"),
-    ("tf32", "--tf32/--no-tf32", "allow TF32 convolutions on GPUs (default off: exact fp32)"),
-    ("skip_nonfinite", "--skip-nonfinite/--stop-nonfinite", "skip steps whose loss is NaN/inf"),
-    ("skip_bad_images", "--skip-bad-images/--no-skip-bad-images", "skip unreadable images (counted and reported)"),
-]
+#: --algo: the algorithms and their aliases (fomaml = maml --first-order)
+ALGO_SPEC: Spec = ("algo", Choices(ALGORITHMS + tuple(ALGO_ALIASES)),
+                   "algorithm; " + ", ".join(f"{alias} = {meaning}" for alias, (_, _, meaning) in ALGO_ALIASES.items()))
+CONFIG_HELP = ("TOML or JSON file of settings: flat names as the flags use (inner_lr = 0.4) or the groups of a "
+               "run's config.json, which starts a run that reproduces it.  Precedence: defaults < recipe < "
+               "this file < flags.  A `recipe` in the file works like --recipe (if both are given they must "
+               "name the same recipe)")
+
+# Upper bounds of the bench-only counts: each timed call is a full meta-step.
+BENCH_LIMITS = {"--warmup": Limit(0, 10_000, why="untimed calls; a few suffice"),
+                "--repeats": Limit(1, 10_000, why="the median is stable after a few dozen")}
+
+
+def _spec_option(spec: Spec, section: str) -> Callable:
+    """The click option of one setting: --name TYPE or an on/off pair, default None."""
+    name, typ, help_text = spec
+    if name in APPLIES_TO:
+        help_text = f"{help_text} ({', '.join(APPLIES_TO[name])} only)"
+    decls = ["/".join(BOOL_FLAGS[name])] if typ is None else [flag(name)]
+    kwargs = {} if typ is None else {"type": typ}
+    return click.option(*decls, name, default=None, help=help_text, cls=SectionedOption, section=section,
+                        shown_default=shown_default(name), **kwargs)
+
+
+def train_options(fn: Callable) -> Callable:
+    """Every setting of TRAIN_SECTIONS as an option of `fn` (a flat-name keyword argument)."""
+    for section, specs in reversed(TRAIN_SECTIONS):
+        for spec in reversed(specs):
+            fn = _spec_option(spec, section)(fn)
+    return fn
 
 
 class OneLineErrors(click.Group):
     """A click group that prints every error as one line and exits 2 (never a traceback)."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        if not args:  # `l2l-app` alone: the help, successfully
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
 
     def main(self, *args, **kwargs):  # type: ignore[override]
         kwargs["standalone_mode"] = False
@@ -73,17 +202,22 @@ class OneLineErrors(click.Group):
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
-            click.echo("error: aborted", err=True)
+            _error("aborted")
             sys.exit(1)
         except click.UsageError as exc:
-            click.echo(f"error: {exc.format_message()}", err=True)
+            _error(exc.format_message())
             sys.exit(2)
         except ExitWith as exc:
-            click.echo(f"error: {exc}", err=True)
+            _error(str(exc))
             sys.exit(exc.code)
         except L2LAppError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _error(str(exc))
             sys.exit(2)
+
+
+def _error(message: str) -> None:
+    """`error: MESSAGE` on stderr, always on one line."""
+    click.echo("error: " + " ".join(message.split()), err=True)
 
 
 class ExitWith(Exception):
@@ -92,14 +226,11 @@ class ExitWith(Exception):
         self.code = code
 
 
-def add_options(options: List[Tuple[str, Any, str]], flags=()) -> Callable:
-    def decorate(fn: Callable) -> Callable:
-        for name, typ, help_text in reversed(options):
-            fn = click.option("--" + name.replace("_", "-"), name, type=typ, default=None, help=help_text)(fn)
-        for name, decl, help_text in reversed(list(flags)):
-            fn = click.option(decl, name, default=None, help=help_text)(fn)
-        return fn
-    return decorate
+def _check_numbers(checks: List[Optional[str]]) -> None:
+    """Raise one UsageError with every problem found (None entries are fine values)."""
+    problems = [p for p in checks if p]
+    if problems:
+        raise click.UsageError("; ".join(problems))
 
 
 @click.group(cls=OneLineErrors)
@@ -108,37 +239,41 @@ def cli() -> None:
     """Few-shot image classification (ProtoNet, MAML, Reptile) on learn2learn."""
 
 
-def _build_config(recipe: str | None, overrides: Dict[str, Any]):
-    from .config import ExperimentConfig, with_overrides
-    from .recipes import load_recipe
-    config = ExperimentConfig()
-    if recipe:
-        config = with_overrides(config, {**load_recipe(recipe).settings, "recipe": recipe})
-    return with_overrides(config, overrides)
+@cli.command(cls=SectionedCommand)
+@click.option("--recipe", default=None, cls=SectionedOption, section="Experiment",
+              help="start from a published preset (see `l2l-app recipes`); it fixes the algorithm")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              cls=SectionedOption, section="Experiment", help=CONFIG_HELP)
+@_spec_option(ALGO_SPEC, "Experiment")
+@train_options
+@click.option("--out", type=click.Path(path_type=Path), default=None, cls=SectionedOption, section="Run directory",
+              help="run directory to create")
+@click.option("--resume", "resume", type=click.Path(path_type=Path), default=None, cls=SectionedOption,
+              section="Run directory", help="continue the run in this directory from its last checkpoint")
+@click.option("--overwrite", is_flag=True, cls=SectionedOption, section="Run directory",
+              help="replace an existing run directory")
+@click.option("--quiet", is_flag=True, cls=SectionedOption, section="Run directory", help="no progress output")
+def train(recipe: Optional[str], config_file: Optional[Path], out: Optional[Path], resume: Optional[Path],
+          overwrite: bool, quiet: bool, **settings: Any) -> None:
+    """Meta-train a model into a run directory (config.json, metrics.jsonl, checkpoints/).
 
-
-@cli.command()
-@click.option("--recipe", default=None, help="start from a published preset (see `l2l-app recipes`)")
-@add_options(TRAIN_OPTIONS, TRAIN_FLAGS)
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="run directory to create")
-@click.option("--resume", "resume", type=click.Path(path_type=Path), default=None,
-              help="continue the run in this directory from its last checkpoint")
-@click.option("--overwrite", is_flag=True, help="replace an existing run directory")
-@click.option("--quiet", is_flag=True, help="no progress bar")
-def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
-    """Meta-train a model into a run directory (config.json, metrics.jsonl, checkpoints/)."""
+    Settings come from the defaults, then --recipe, then --config, then the flags.  A flag
+    that the chosen algorithm or engine does not use is refused.
+    """
+    from .config import compose
     from .trainer import Interrupted, NonFiniteLossError, Trainer, resume_config
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in settings.items() if v is not None}
     if resume is not None:
         if out is not None and Path(out) != Path(resume):
             raise click.UsageError("--resume RUN_DIR continues that directory; drop --out")
-        if recipe:
-            raise click.UsageError("cannot change --recipe when resuming")
+        if recipe or config_file:
+            raise click.UsageError("--resume continues a run with its own config.json; drop "
+                                   + ("--recipe" if recipe else "--config"))
         config, run_dir = resume_config(resume, given), Path(resume)
     else:
         if out is None:
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
-        config, run_dir = _build_config(recipe, given), Path(out)
+        config, run_dir = compose(given, recipe, config_file), Path(out)
     trainer = Trainer(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=not quiet)
     try:
         summary = trainer.fit()
@@ -146,36 +281,44 @@ def train(recipe, out, resume, overwrite, quiet, **overrides) -> None:
         raise ExitWith(str(exc), 1) from None
     except Interrupted as exc:
         raise ExitWith(str(exc), 128 + exc.signum) from None
-    best = "n/a" if summary.best_val_accuracy is None else \
-        f"{summary.best_val_accuracy:.2f}% at step {summary.best_step}"
-    note = " (time budget reached)" if summary.stopped_by_budget else ""
-    click.echo(f"trained {summary.steps} steps in {summary.seconds:.1f}s{note} "
-               f"[{trainer.engine} engine, {trainer.sampler} sampler, {trainer.device}]; "
-               f"best validation accuracy {best}; run: {run_dir}")
+    click.echo(summary.describe(trainer.engine, trainer.sampler, str(trainer.device)))
     compile_seconds = getattr(trainer.learner, "compile_seconds", None)
     if compile_seconds is not None:
         click.echo(f"torch.compile: first call (compilation included) took {compile_seconds:.1f}s")
-    if summary.skipped_steps:
-        click.echo(f"skipped {summary.skipped_steps} steps with a non-finite loss")
-    if summary.bad_images:
-        click.echo(f"skipped {summary.bad_images} unreadable images (listed in {run_dir / 'run.json'})")
+
+
+def _eval_option(*decls: str, shown: Optional[str] = None, **kwargs: Any) -> Callable:
+    return click.option(*decls, default=kwargs.pop("default", None), cls=SectionedOption, shown_default=shown,
+                        **kwargs)
 
 
 @cli.command("eval")
-@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True, help="a train --out directory")
-@click.option("--episodes", type=int, default=None, help="test episodes (default 1000)")
-@click.option("--split", default="test", help="train | val | test")
-@click.option("--checkpoint", default="best", help="best (validation) | last")
-@click.option("--seed", type=int, default=None, help="episode seed (default: the run's eval seed)")
-@click.option("--device", default=None, help="auto | cpu | cuda")
-@click.option("--engine", default=None, help="auto | loop | batched")
-@click.option("--ways", type=int, default=None, help="episode classes (default: the run's --ways)")
-@click.option("--shots", type=int, default=None, help="support images per class (default: the run's)")
-@click.option("--queries", type=int, default=None, help="query images per class (default: the run's)")
-@click.option("--quiet", is_flag=True)
-def eval_cmd(run_dir, episodes, split, checkpoint, seed, device, engine, ways, shots, queries, quiet) -> None:
-    """Evaluate a run: mean accuracy and 95% CI over fixed-seed episodes."""
+@click.argument("run_arg", metavar="[RUN_DIR]", required=False, type=click.Path(path_type=Path))
+@_eval_option("--run", "run_opt", type=click.Path(path_type=Path), help="the run directory (or give it as RUN_DIR)")
+@_eval_option("--episodes", type=int, shown=f"the run's ({DEFAULTS['episodes']})", help="test episodes")
+@_eval_option("--split", type=Choices(SPLITS), default="test", shown="test", help="which classes to test on")
+@_eval_option("--checkpoint", type=Choices(("best", "last")), default="best", shown="best",
+              help="best (validation) or last")
+@_eval_option("--seed", type=int, shown=f"the run's eval seed ({DEFAULTS['eval_seed']})", help="episode seed")
+@_eval_option("--device", shown="the run's", help="auto | cpu | cuda | cuda:N")
+@_eval_option("--engine", type=Choices(ENGINES), shown="the run's", help="meta-learner engine")
+@_eval_option("--ways", type=int, shown="the run's", help="episode classes (MAML/Reptile: the run's only)")
+@_eval_option("--shots", type=int, shown="the run's", help="support images per class")
+@_eval_option("--queries", type=int, shown="the run's", help="query images per class")
+@click.option("--quiet", is_flag=True, help="no progress output")
+def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optional[int], split: str,
+             checkpoint: str, seed: Optional[int], device: Optional[str], engine: Optional[str],
+             ways: Optional[int], shots: Optional[int], queries: Optional[int], quiet: bool) -> None:
+    """Evaluate the run in RUN_DIR: mean accuracy and 95% CI over fixed-seed episodes."""
     from .trainer import evaluate_run
+    if run_arg is not None and run_opt is not None and Path(run_arg) != Path(run_opt):
+        raise click.UsageError(f"two run directories given ({run_arg} and --run {run_opt}); give one")
+    run_dir = run_arg if run_arg is not None else run_opt
+    if run_dir is None:
+        raise click.UsageError("which run? give its directory: l2l-app eval RUN_DIR")
+    _check_numbers([limit_error("episodes", episodes), limit_error("eval_seed", seed, "--seed"),
+                    *(limit_error(name, value) for name, value in
+                      (("ways", ways), ("shots", shots), ("queries", queries)))])
     result = evaluate_run(run_dir, split=split, episodes=episodes, checkpoint=checkpoint, seed=seed,
                           device=device, engine=engine, progress=not quiet, ways=ways, shots=shots,
                           queries=queries)
@@ -205,8 +348,9 @@ def recipes(as_json) -> None:
 
 
 @cli.command()
-@click.option("--algo", default="maml", show_default=True, help="maml | protonet | reptile")
-@click.option("--dataset", default="omniglot", show_default=True, help="omniglot | miniimagenet (train split)")
+@click.option("--algo", type=Choices(ALGORITHMS), default="maml", show_default=True, help="algorithm")
+@click.option("--dataset", type=Choices(DATASET_NAMES), default="omniglot", show_default=True,
+              help="dataset (train split)")
 @click.option("--data-root", default=None, help="dataset folder (default: bundled Omniglot)")
 @click.option("--ways", type=int, default=5, show_default=True)
 @click.option("--shots", type=int, default=1, show_default=True)
@@ -216,7 +360,7 @@ def recipes(as_json) -> None:
 @click.option("--inner-lr", type=float, default=None, help="default: the config default")
 @click.option("--first-order/--second-order", default=False, help="FOMAML instead of MAML")
 @click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
-@click.option("--backbone", default="conv4", show_default=True)
+@click.option("--backbone", type=Choices(BACKBONES), default="conv4", show_default=True)
 @click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
               help="comma-separated: loop | torchmeta | batched | batched-compiled")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -233,6 +377,7 @@ def recipes(as_json) -> None:
 def bench(out, impls, sweeps, **settings) -> None:
     """Time one meta-training step of each implementation on the same weights and episodes."""
     from .bench import BenchSettings, parse_impls, parse_sweep, run_bench
+    _check_numbers([limit.error(settings[option.lstrip("-")], option) for option, limit in BENCH_LIMITS.items()])
     s = BenchSettings(impls=parse_impls(impls), sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
     result = run_bench(s, out)
     for r in result["results"]:

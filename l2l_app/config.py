@@ -1,27 +1,176 @@
-"""Typed experiment configuration: frozen dataclasses, recipes, overrides, validation.
+"""Typed experiment configuration: frozen dataclasses, recipes, config files, overrides, validation.
 
 Every setting has one flat name (the CLI flag without dashes, e.g. ``inner_lr`` for
-``--inner-lr``), unique across the groups, so a recipe, a flag and config.json all
-speak the same language.  `validate()` checks everything at once and names the flag.
+``--inner-lr``), unique across the groups, so a recipe, a flag, a config file and config.json
+all speak the same language.  `validate()` checks everything at once and names the flag;
+`compose()` builds a new run's config (defaults < recipe < config file < flags) and refuses
+settings the chosen algorithm does not use; `resolve()` fills in every derived value (what
+config.json records).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError
 
 ALGORITHMS = ("protonet", "maml", "reptile")
+#: other names --algo accepts: alias -> (algorithm, the settings it implies, what it is)
+ALGO_ALIASES: Dict[str, Tuple[str, Dict[str, Any], str]] = {
+    "fomaml": ("maml", {"first_order": True}, "first-order MAML"),
+}
 #: inner learning rate when --inner-lr is not given: MAML Omniglot's SGD step (Finn et al.),
 #: Reptile's inner Adam (Nichol et al.)
 DEFAULT_INNER_LR = {"maml": 0.4, "reptile": 1e-3, "protonet": 0.0}
+DATASET_NAMES = ("omniglot", "miniimagenet")  # datasets.DATASETS (not imported here: it pulls in torch)
 ENGINES = ("auto", "loop", "batched")
 SAMPLERS = ("auto", "l2l", "tensor")
 INNER_OPTIMIZERS = ("adam", "sgd")
 BACKBONES = ("conv4", "conv4-strided")
+SPLITS = ("train", "val", "test")
+
+#: The algorithm-specific settings and the algorithms that use them; every other setting applies
+#: to all.  From registry.learner_kwargs (ProtoNet takes nothing; MAML: inner_lr, inner_steps,
+#: test_inner_steps, first_order; Reptile: inner_lr, inner_steps, test_inner_steps, inner_batch,
+#: inner_optimizer, transductive), registry.build_optimizer (Reptile: SGD on epsilon annealed
+#: from meta_lr to meta_lr_final; MAML/ProtoNet: Adam with the optional lr_decay_every/lr_decay
+#: step schedule) and trainer.eval_protocol (batch norm is transductive except Reptile's option).
+APPLIES_TO: Dict[str, Tuple[str, ...]] = {
+    "inner_lr": ("maml", "reptile"),
+    "inner_steps": ("maml", "reptile"),
+    "test_inner_steps": ("maml", "reptile"),
+    "first_order": ("maml",),
+    "inner_batch": ("reptile",),
+    "inner_optimizer": ("reptile",),
+    "meta_lr_final": ("reptile",),
+    "transductive": ("reptile",),
+    "lr_decay": ("maml", "protonet"),
+    "lr_decay_every": ("maml", "protonet"),
+}
+#: settings of the batched engine only (the loop engine ignores them)
+BATCHED_ONLY = ("chunk_size", "max_memory", "compile")
+
+#: the on/off flags of the boolean settings
+BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
+    "skip_bad_images": ("--skip-bad-images", "--no-skip-bad-images"),
+    "first_order": ("--first-order", "--second-order"),
+    "transductive": ("--transductive", "--no-transductive"),
+    "compile": ("--compile", "--no-compile"),
+    "tf32": ("--tf32", "--no-tf32"),
+    "skip_nonfinite": ("--skip-nonfinite", "--stop-nonfinite"),
+    "tensorboard": ("--tensorboard", "--no-tensorboard"),
+}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The accepted range of a numeric setting: low..high, low excluded when `open_low`.
+
+    `why` explains the upper bound; the message of a value above it says it.
+    """
+
+    low: float
+    high: float
+    integer: bool = True
+    open_low: bool = False
+    why: str = ""
+
+    def error(self, value: Any, option: str) -> Optional[str]:
+        """Why `value` of `option` is outside this range (None when it is None or inside)."""
+        if value is None:
+            return None
+        above = f" ({self.why})" if self.why else ""
+        if self.integer:
+            if isinstance(value, bool) or not isinstance(value, int):
+                return f"{option} must be a whole number, got {_shown(value)}"
+            if value < self.low:
+                return f"{option} must be >= {_number(self.low)}, got {_shown(value)}"
+            if value > self.high:
+                return f"{option} must be <= {_number(self.high)}{above}, got {_shown(value)}"
+            return None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if number and (value > self.low if self.open_low else value >= self.low) and value <= self.high:
+            return None
+        kind = ("a positive number" if self.open_low else "a non-negative number") if self.low == 0 else \
+            f"a number {'>' if self.open_low else '>='} {_number(self.low)}"
+        why = above if number and value > self.high else ""
+        return f"{option} must be {kind} up to {_number(self.high)}{why}, got {_shown(value)}"
+
+
+def _shown(value: Any) -> str:
+    """repr(value), with a huge integer cut short."""
+    text = repr(value)
+    if isinstance(value, int) and len(text) > 24:
+        return f"{text[:8]}... (a {len(text.lstrip('-'))}-digit number)"
+    return text
+
+
+def _number(x: float) -> str:
+    """1000.0 -> '1000', 3.4e38 -> '3.40282e+38', ints as they are."""
+    if isinstance(x, int):
+        return str(x)
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+MAX_SEED = 2**63 - 1
+#: step counters and intervals: a signed 32-bit int; 2**31 steps would take decades at 30 steps/s
+MAX_STEPS = 2**31 - 1
+# Seeds: torch.manual_seed and Generator.manual_seed take 0..2**64-1 and the trainer derives
+# seed + 1 for a second sampler; a signed 64-bit range leaves that room (NumPy gets seed % 2**32).
+_SEED = Limit(0, MAX_SEED, why="2**63-1: torch takes 64-bit seeds and the trainer also uses seed + 1")
+# Episode shapes: the largest few-shot datasets have ~6,500 classes (Omniglot with rotations)
+# and 600 images per class (mini-ImageNet); the data checks then name the exact limit of the split.
+_CLASSES = Limit(2, 100_000, why="more classes than any few-shot dataset has")
+_IMAGES = Limit(1, 100_000, why="more images per class than any few-shot dataset has")
+# Inner loops: each step is a forward and backward pass per task and second-order MAML keeps all
+# of them for the meta-gradient; the papers use 1 to 50.
+_INNER_STEPS = Limit(0, 10_000, why="the papers use 1 to 50 steps; each costs a forward and backward pass")
+# Rates and norms multiply float32 weights and gradients: above float32's largest value they are
+# inf.  Huge finite rates stay allowed: they diverge, which the NaN guard reports (exit 1).
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+_RATE = Limit(0.0, FLOAT32_MAX, integer=False, open_low=True, why="the largest float32")
+_MINUTES = Limit(0.0, 525_600.0, integer=False, why="a year")
+
+LIMITS: Dict[str, Limit] = {
+    "seed": _SEED,
+    "eval_seed": _SEED,
+    "ways": _CLASSES,
+    "train_ways": _CLASSES,
+    "shots": _IMAGES,
+    "queries": _IMAGES,
+    "train_shots": _IMAGES,
+    "train_queries": _IMAGES,
+    # 1024 filters per layer is ~28M weights, 250x the papers' 64; the batched engine copies them per task
+    "hidden": Limit(1, 1024, why="the papers use 32 or 64 filters; 1024 already means ~28M weights"),
+    "inner_steps": _INNER_STEPS,
+    "test_inner_steps": _INNER_STEPS,
+    "inner_batch": Limit(1, 100_000, why="more than any support set holds"),
+    # tasks per step: the batched engine holds every task's activations at once
+    "meta_batch": Limit(1, 100_000, why="the papers use 1 to 32 tasks; each costs its own inner loop"),
+    "chunk_size": Limit(1, 100_000, why="a chunk never holds more than --meta-batch tasks"),
+    "iterations": Limit(1, MAX_STEPS, why="a signed 32-bit step counter"),
+    "lr_decay_every": Limit(1, MAX_STEPS, why="a signed 32-bit step counter"),
+    "val_every": Limit(1, MAX_STEPS, why="a signed 32-bit step counter"),
+    "checkpoint_every": Limit(1, MAX_STEPS, why="a signed 32-bit step counter"),
+    "log_every": Limit(1, MAX_STEPS, why="a signed 32-bit step counter"),
+    # the 95% CI over 10^6 episodes is below 0.1 points: more episodes only cost time
+    "val_episodes": Limit(1, 1_000_000, why="the 95% CI is already below 0.1 points"),
+    "episodes": Limit(1, 1_000_000, why="the 95% CI is already below 0.1 points"),
+    "inner_lr": _RATE,
+    "meta_lr": _RATE,
+    "meta_lr_final": Limit(0.0, FLOAT32_MAX, integer=False, why="the largest float32"),
+    "grad_clip": Limit(0.0, FLOAT32_MAX, integer=False, open_low=True, why="the largest float32"),
+    "lr_decay": Limit(0.0, 1.0, integer=False, open_low=True, why="a factor above 1 would grow the rate"),
+    "max_memory": Limit(0.0, 2.0**20, integer=False, open_low=True, why="1 PiB, more than any device has"),
+    "checkpoint_minutes": _MINUTES,
+    "time_budget": _MINUTES,
+}
 
 
 @dataclass(frozen=True)
@@ -51,25 +200,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class AlgorithmConfig:
+    """None in a resolved config: the setting does not apply to `algo` (see APPLIES_TO)."""
     algo: str = "protonet"
     inner_lr: Optional[float] = None  # None: DEFAULT_INNER_LR of the algorithm
-    inner_steps: int = 1
-    test_inner_steps: Optional[int] = None
-    first_order: bool = False
-    inner_batch: int = 10
-    inner_optimizer: str = "adam"
-    transductive: bool = True
+    inner_steps: Optional[int] = 1
+    test_inner_steps: Optional[int] = None  # None: inner_steps
+    first_order: Optional[bool] = False
+    inner_batch: Optional[int] = 10
+    inner_optimizer: Optional[str] = "adam"
+    transductive: Optional[bool] = True
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     meta_lr: float = 1e-3
-    meta_lr_final: Optional[float] = None
+    meta_lr_final: Optional[float] = None  # None: 0 (Reptile)
     meta_batch: int = 1
     iterations: int = 1000
     grad_clip: Optional[float] = None
     lr_decay_every: Optional[int] = None
-    lr_decay: float = 0.5
+    lr_decay: Optional[float] = 0.5
 
 
 @dataclass(frozen=True)
@@ -87,6 +237,10 @@ class RunConfig:
     checkpoint_minutes: Optional[float] = None
     time_budget: Optional[float] = None
     skip_nonfinite: bool = False
+    #: when output is not a terminal, print a plain progress line every N steps
+    log_every: int = 100
+    #: also write the metrics as TensorBoard scalars in RUN_DIR/tensorboard (optional package)
+    tensorboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +280,7 @@ class ExperimentConfig:
         return DEFAULT_INNER_LR.get(a.algo, 0.0) if a.inner_lr is None else a.inner_lr
 
     @property
-    def test_inner_steps(self) -> int:
+    def test_inner_steps(self) -> Optional[int]:
         a = self.algorithm
         return a.inner_steps if a.test_inner_steps is None else a.test_inner_steps
 
@@ -141,45 +295,167 @@ class ExperimentConfig:
         return out
 
 
-GROUPS = ("data", "task", "model", "algorithm", "optim", "run", "eval")
-_GROUP_TYPES = {f.name: f.type for f in fields(ExperimentConfig)}
-FIELD_GROUP: Dict[str, str] = {}
-for _group, _cls in (("data", DataConfig), ("task", TaskConfig), ("model", ModelConfig),
-                     ("algorithm", AlgorithmConfig), ("optim", OptimConfig), ("run", RunConfig),
-                     ("eval", EvalConfig)):
-    for _f in fields(_cls):
-        assert _f.name not in FIELD_GROUP, f"duplicate config name {_f.name}"
-        FIELD_GROUP[_f.name] = _group
 _GROUP_CLASSES = {"data": DataConfig, "task": TaskConfig, "model": ModelConfig,
                   "algorithm": AlgorithmConfig, "optim": OptimConfig, "run": RunConfig,
                   "eval": EvalConfig}
+GROUPS = tuple(_GROUP_CLASSES)
+FIELD_GROUP: Dict[str, str] = {}
+#: flat name -> its value type (bool, int, float or str; Optional unwrapped)
+FIELD_TYPES: Dict[str, type] = {}
+for _group, _cls in _GROUP_CLASSES.items():
+    for _name, _hint in typing.get_type_hints(_cls).items():
+        assert _name not in FIELD_GROUP, f"duplicate config name {_name}"
+        FIELD_GROUP[_name] = _group
+        FIELD_TYPES[_name] = next(t for t in typing.get_args(_hint) or (_hint,) if t is not type(None))
+DEFAULTS: Dict[str, Any] = ExperimentConfig().flat()
+assert set(LIMITS) <= set(FIELD_GROUP) and set(APPLIES_TO) <= set(FIELD_GROUP)
 
 
-def flag(name: str) -> str:
-    """The CLI flag for a flat config name: inner_lr -> --inner-lr."""
+def flag(name: str, value: Any = None) -> str:
+    """The CLI flag for a flat config name: inner_lr -> --inner-lr; (first_order, False) -> --second-order."""
+    if name in BOOL_FLAGS and isinstance(value, bool):
+        return BOOL_FLAGS[name][0 if value else 1]
     return "--" + name.replace("_", "-")
 
 
-def with_overrides(config: ExperimentConfig, overrides: Dict[str, Any]) -> ExperimentConfig:
-    """Return a copy with flat-named overrides applied (None values are ignored)."""
+def applies(name: str, algo: str) -> bool:
+    """Whether setting `name` is used by algorithm `algo` (APPLIES_TO; other settings apply to all)."""
+    return algo in APPLIES_TO.get(name, (algo,))
+
+
+def _closest(name: str, valid: Iterable[str]) -> Optional[str]:
+    close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def not_one_of(option: str, value: Any, allowed: Iterable[str]) -> str:
+    """The message for a value outside a fixed set, with the closest choice when there is one."""
+    allowed = tuple(allowed)
+    close = _closest(str(value), allowed)
+    hint = f"; did you mean {close!r}?" if close else ""
+    return f"{option} {value!r} is not one of {', '.join(allowed)}{hint}"
+
+
+def _replace(config: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
+    """A copy with flat-named `values` set as given (None included)."""
     by_group: Dict[str, Dict[str, Any]] = {}
-    for name, value in overrides.items():
-        if value is None:
-            continue
+    for name, value in values.items():
         if name == "recipe":
             config = dataclasses.replace(config, recipe=value)
             continue
         if name not in FIELD_GROUP:
-            import difflib
-            close = difflib.get_close_matches(name, list(FIELD_GROUP), n=1)
-            hint = f" (did you mean {flag(close[0])}?)" if close else ""
+            close = _closest(name, FIELD_GROUP)
+            hint = f" (did you mean {flag(close)}?)" if close else ""
             raise ConfigError(f"unknown setting {name!r}{hint}")
         by_group.setdefault(FIELD_GROUP[name], {})[name] = value
-    for group, values in by_group.items():
-        config = dataclasses.replace(config, **{group: dataclasses.replace(getattr(config, group), **values)})
+    for group, changes in by_group.items():
+        config = dataclasses.replace(config, **{group: dataclasses.replace(getattr(config, group), **changes)})
     return config
 
 
+def with_overrides(config: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """Return a copy with flat-named overrides applied (None values are ignored)."""
+    return _replace(config, {k: v for k, v in overrides.items() if v is not None})
+
+
+def resolve(config: ExperimentConfig) -> ExperimentConfig:
+    """Every derived None replaced by its value, every setting the algorithm does not use set to None.
+
+    train_ways/shots/queries from ways/shots/queries; inner_lr from DEFAULT_INNER_LR;
+    test_inner_steps from inner_steps; meta_lr_final 0 for Reptile.  So config.json shows null
+    only for "not applicable".  Idempotent; the derived properties keep their values for every
+    setting that applies.
+    """
+    algo = config.algorithm.algo
+    final = config.optim.meta_lr_final
+    derived = {"train_ways": config.train_ways, "train_shots": config.train_shots,
+               "train_queries": config.train_queries, "inner_lr": config.inner_lr,
+               "test_inner_steps": config.test_inner_steps, "meta_lr_final": 0.0 if final is None else final}
+    unused = {name: None for name in APPLIES_TO if not applies(name, algo)}
+    return _replace(config, {**derived, **unused})
+
+
+# ------------------------------------------------------------------------------ validation
+#: how messages name the value types of FIELD_TYPES
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+
+
+def limit_error(name: str, value: Any, option: Optional[str] = None) -> Optional[str]:
+    """Why `value` is outside LIMITS[name] (None when it is None or inside), naming `option` (default: its flag)."""
+    return LIMITS[name].error(value, option or flag(name))
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Check every setting; raise one ConfigError listing all problems, each naming its flag.
+
+    Accepts resolved configs: a setting the algorithm does not use may be None.
+    """
+    errors: List[str] = []
+    flat = config.flat()
+    algo = flat["algo"]
+    choices = {"dataset": DATASET_NAMES, "sampler": SAMPLERS, "algo": ALGORITHMS, "engine": ENGINES,
+               "inner_optimizer": INNER_OPTIMIZERS, "backbone": BACKBONES, "split": SPLITS}
+    for name, value in flat.items():
+        if value is None:
+            if DEFAULTS[name] is not None and (name not in APPLIES_TO or applies(name, algo)):
+                errors.append(f"{flag(name)} must be set" + (f" for {algo}" if name in APPLIES_TO else ""))
+        elif name in choices:
+            if value not in choices[name]:
+                errors.append(not_one_of(flag(name), value, choices[name]))
+        elif name in LIMITS:
+            problem = limit_error(name, value)
+            if problem:
+                errors.append(problem)
+        elif not isinstance(value, FIELD_TYPES[name]):
+            errors.append(f"{flag(name)} must be {_KINDS[FIELD_TYPES[name]]}, got {value!r}")
+    if algo in ("maml", "reptile") and config.train_ways != config.task.ways:
+        errors.append(f"{algo} has a {config.train_ways}-way output layer: --train-ways must equal --ways "
+                      f"({config.task.ways}); drop --train-ways or use --algo protonet")
+    if algo == "maml" and isinstance(config.algorithm.inner_steps, int) and config.algorithm.inner_steps < 1:
+        errors.append("--inner-steps must be >= 1 for maml")
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return config
+
+
+def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None:
+    """Refuse settings the user gave that `config` would ignore, in one ConfigError.
+
+    `given` maps each flat name the user set to how to name it in the message (a flag, or a key
+    of a config file); values that came from the defaults or a recipe are not in it.  Refused:
+    a setting of another algorithm (APPLIES_TO), --lr-decay without --lr-decay-every, the
+    batched engine's settings with --engine loop, and --max-memory with --chunk-size.
+    """
+    algo, engine = config.algorithm.algo, config.run.engine
+    chosen = f"--algo {algo}" + ("" if "algo" in given else f" (of --recipe {config.recipe})" if config.recipe
+                                 else " (the default)")
+    by_algos: Dict[Tuple[str, ...], List[str]] = {}
+    for name, label in given.items():
+        if not applies(name, algo):
+            by_algos.setdefault(APPLIES_TO[name], []).append(label)
+    problems = [_only(labels, " and ".join(algos), chosen, f"--algo {' or '.join(algos)}")
+                for algos, labels in by_algos.items()]
+    if "lr_decay" in given and applies("lr_decay", algo) and config.optim.lr_decay_every is None:
+        problems.append(f"{given['lr_decay']} has no effect without --lr-decay-every N; add it or drop "
+                        f"{given['lr_decay']}")
+    batched = [given[name] for name in BATCHED_ONLY if name in given]
+    if engine == "loop" and batched:
+        problems.append(_only(batched, "the batched engine", "--engine loop", "--engine batched"))
+    elif "max_memory" in given and "chunk_size" in given:
+        problems.append(f"{given['max_memory']} only picks the chunk size, which {given['chunk_size']} fixes; "
+                        f"drop one of them")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _only(labels: List[str], users: str, chosen: str, other: str) -> str:
+    """'--a and --b apply only to USERS, not to CHOSEN; drop them or choose OTHER'."""
+    one = len(labels) == 1
+    return (f"{' and '.join(labels)} appl{'ies' if one else 'y'} only to {users}, not to {chosen}; "
+            f"drop {'it' if one else 'them'} or choose {other}")
+
+
+# ------------------------------------------------------------------------------ config files
 def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config from `to_dict()` output (config.json)."""
     kwargs: Dict[str, Any] = {}
@@ -200,58 +476,161 @@ def dump_json(config: ExperimentConfig, path: Path) -> None:
     Path(path).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-def _choice(errors: list, name: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        import difflib
-        close = difflib.get_close_matches(str(value), allowed, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        errors.append(f"{flag(name)} {value!r} is not one of {', '.join(allowed)}{hint}")
+def _parse_settings(path: Path) -> Any:
+    """The parsed content of a .toml or .json file, or a one-line ConfigError."""
+    kind = path.suffix.lower()
+    if kind not in (".toml", ".json"):
+        raise ConfigError(f"--config {path}: expected a .toml or .json file of settings, got "
+                          f"{kind or 'no suffix'!s}; rename it or write it in one of those formats")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ConfigError(f"cannot read --config {path}: {reason}; pass a readable TOML or JSON file") from None
+    try:
+        if kind == ".json":
+            return json.loads(text)
+        try:
+            import tomllib
+        except ImportError:  # Python < 3.11
+            try:
+                import tomli as tomllib  # type: ignore[no-redef]
+            except ImportError:
+                raise ConfigError(f"--config {path}: reading TOML needs Python 3.11+ or the tomli package; "
+                                  f"write the settings as JSON instead") from None
+        return tomllib.loads(text)
+    except ValueError as exc:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        raise ConfigError(f"--config {path} is not valid {kind[1:].upper()}: "
+                          f"{' '.join(str(exc).split())}") from None
 
 
-def _positive(errors: list, name: str, value: Any, minimum: float = 1, integer: bool = True) -> None:
-    if value is None:
+def _typed(path: Path, name: str, value: Any) -> Any:
+    """`value` of setting `name` from a config file, checked against its type (ints become floats where due)."""
+    kind = str if name == "recipe" else FIELD_TYPES[name]
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"--config {path}: {name} must be {_KINDS[kind]}, got {value!r}")
+    return value
+
+
+def _unknown_key(path: Path, key: str, valid: Iterable[str]) -> ConfigError:
+    close = _closest(key, valid)
+    hint = f"; did you mean {close!r}?" if close else "; `l2l-app train --help` lists the settings"
+    return ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
+
+
+def read_settings_file(path: Union[str, Path]) -> Dict[str, Any]:
+    """{flat name: value} from a TOML or JSON file; `recipe` is kept, nulls (not applicable) left out.
+
+    Keys are flat names as the flags use (``inner_lr = 0.4``) and/or the groups of a run's
+    config.json (``{"algorithm": {"inner_lr": 0.4}}`` or a TOML ``[algorithm]`` table), so a run's
+    config.json works as is.  Unknown keys, a name under the wrong group, a name set twice or a
+    value of the wrong type are one-line ConfigErrors naming the key.
+    """
+    path = Path(path)
+    data = _parse_settings(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a table of settings (name = value), "
+                          f"got a {type(data).__name__}")
+    flat: Dict[str, Any] = {}
+    where: Dict[str, str] = {}
+
+    def put(name: str, value: Any, place: str) -> None:
+        if name in flat:
+            raise ConfigError(f"--config {path}: {name} is set twice ({where[name]} and {place}); keep one")
+        flat[name], where[name] = value, place
+
+    for key, value in data.items():
+        if key in GROUPS and isinstance(value, dict):
+            for name, inner in value.items():
+                if name not in FIELD_GROUP:
+                    raise _unknown_key(path, f"{key}.{name}", [f"{g}.{n}" for n, g in FIELD_GROUP.items()])
+                if FIELD_GROUP[name] != key:
+                    raise ConfigError(f"--config {path}: {name} belongs in [{FIELD_GROUP[name]}], not [{key}]; "
+                                      f"move it there or write it at the top level")
+                put(name, inner, f"in [{key}]")
+        elif key in GROUPS:
+            raise ConfigError(f"--config {path}: {key} must be a table of settings, got {value!r}")
+        elif key in FIELD_GROUP or key == "recipe":
+            put(key, value, "at the top level")
+        else:
+            raise _unknown_key(path, key, [*FIELD_GROUP, *GROUPS, "recipe"])
+    return {name: _typed(path, name, value) for name, value in flat.items() if value is not None}
+
+
+# ------------------------------------------------------------------------------ a new run's config
+def _describe(name: str, value: Any, source: Optional[Path]) -> str:
+    """How the user wrote a setting: `--algo fomaml` / `--second-order` on the command line,
+    `algo = "fomaml" in FILE` in a config file."""
+    if source is not None:
+        return f"{name} = {json.dumps(value)} in {source}"
+    return flag(name, value) if isinstance(value, bool) else f"{flag(name)} {value}"
+
+
+def expand_algo_alias(settings: Mapping[str, Any], source: Optional[Path] = None) -> Dict[str, Any]:
+    """{'algo': 'fomaml'} -> {'algo': 'maml', 'first_order': True}; refuses a contradicting setting.
+
+    `source`: the config file the settings come from (None: the command line), for the message.
+    """
+    out = dict(settings)
+    alias = out.get("algo")
+    if alias not in ALGO_ALIASES:
+        return out
+    algo, implied, meaning = ALGO_ALIASES[alias]
+    out["algo"] = algo
+    for name, value in implied.items():
+        if out.get(name) is not None and out[name] != value:
+            raise ConfigError(f"{_describe('algo', alias, source)} is {meaning}, which "
+                              f"{_describe(name, out[name], source)} contradicts; drop one of them")
+        out[name] = value
+    return out
+
+
+def _check_recipe_algo(recipe: str, settings: Mapping[str, Any], algo: Optional[str],
+                       source: Optional[Path]) -> None:
+    """Refuse an algorithm other than the recipe's (a recipe fixes its algorithm); aliases count."""
+    if algo is None:
         return
-    if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        errors.append(f"{flag(name)} must be a whole number, got {value!r}")
-    elif not isinstance(value, (int, float)) or value != value or value < minimum:
-        errors.append(f"{flag(name)} must be >= {minimum}, got {value!r}")
+    wanted = expand_algo_alias({"algo": algo})
+    if any(settings.get(name, DEFAULTS[name]) != value for name, value in wanted.items()):
+        own = next((alias for alias, (base, implied, _) in ALGO_ALIASES.items() if base == settings["algo"]
+                    and all(settings.get(k) == v for k, v in implied.items())), settings["algo"])
+        raise ConfigError(f"--recipe {recipe} fixes the algorithm ({own}), which "
+                          f"{_describe('algo', algo, source)} contradicts; drop one of them")
 
 
-def validate(config: ExperimentConfig) -> ExperimentConfig:
-    """Check every setting; raise one ConfigError listing all problems, each naming its flag."""
-    errors: list[str] = []
-    from .datasets import DATASETS  # local import: datasets pulls in PIL/learn2learn
-    _choice(errors, "dataset", config.data.dataset, tuple(DATASETS))
-    _choice(errors, "sampler", config.data.sampler, SAMPLERS)
-    _choice(errors, "algo", config.algorithm.algo, ALGORITHMS)
-    _choice(errors, "engine", config.run.engine, ENGINES)
-    _choice(errors, "inner_optimizer", config.algorithm.inner_optimizer, INNER_OPTIMIZERS)
-    _choice(errors, "backbone", config.model.backbone, BACKBONES)
-    _choice(errors, "split", config.eval.split, ("train", "val", "test"))
-    _positive(errors, "ways", config.task.ways, 2)
-    _positive(errors, "train_ways", config.task.train_ways, 2)
-    for name in ("shots", "queries", "train_shots", "train_queries", "hidden", "inner_batch",
-                 "meta_batch", "iterations", "val_every", "val_episodes", "checkpoint_every",
-                 "episodes", "chunk_size", "lr_decay_every"):
-        _positive(errors, name, config.flat()[name], 1)
-    for name in ("inner_steps", "test_inner_steps"):
-        _positive(errors, name, config.flat()[name], 0)
-    for name in ("inner_lr", "meta_lr"):
-        value = config.flat()[name]
-        if value is None:
-            continue
-        if not isinstance(value, (int, float)) or not (0 < value < float("inf")):
-            errors.append(f"{flag(name)} must be a positive number, got {value!r}")
-    for name in ("meta_lr_final", "grad_clip", "max_memory", "time_budget", "lr_decay", "checkpoint_minutes"):
-        value = config.flat()[name]
-        if value is not None and (not isinstance(value, (int, float)) or not (0 <= value < float("inf"))):
-            errors.append(f"{flag(name)} must be a non-negative number, got {value!r}")
-    algo = config.algorithm.algo
-    if algo in ("maml", "reptile") and config.train_ways != config.task.ways:
-        errors.append(f"{algo} has a {config.train_ways}-way output layer: --train-ways must equal --ways "
-                      f"({config.task.ways}); drop --train-ways or use --algo protonet")
-    if algo == "maml" and config.algorithm.inner_steps < 1:
-        errors.append("--inner-steps must be >= 1 for maml")
-    if errors:
-        raise ConfigError("; ".join(errors))
-    return config
+def compose(flags: Mapping[str, Any], recipe: Optional[str] = None,
+            config_file: Union[str, Path, None] = None) -> ExperimentConfig:
+    """The validated config of a new run: defaults < recipe < config file < flags.
+
+    `flags` maps flat names to the command-line values (None: not given).  A `recipe` key in the
+    file works like --recipe (both given must name the same recipe).  Refused, before anything
+    is built: unknown keys, an algorithm other than the recipe's, --algo fomaml with
+    --second-order, and settings the chosen algorithm or engine would ignore -- counting only
+    flags and file values that differ from the defaults (or the recipe), not defaults.
+    """
+    raw_flags = {k: v for k, v in flags.items() if v is not None}
+    source = None if config_file is None else Path(config_file)
+    raw_file = read_settings_file(source) if source is not None else {}
+    file_recipe = raw_file.pop("recipe", None)
+    if recipe and file_recipe and recipe != file_recipe:
+        raise ConfigError(f"--recipe {recipe} conflicts with {_describe('recipe', file_recipe, source)}; "
+                          f"drop one of them")
+    recipe = recipe or file_recipe
+    base = ExperimentConfig()
+    if recipe:
+        from .recipes import load_recipe
+        settings = load_recipe(recipe).settings
+        _check_recipe_algo(recipe, settings, raw_file.get("algo"), source)
+        _check_recipe_algo(recipe, settings, raw_flags.get("algo"), None)
+        base = with_overrides(base, {**settings, "recipe": recipe})
+    file_settings = expand_algo_alias(raw_file, source)
+    before = base.flat()
+    given = {name: f"{name} in {source}" for name, value in file_settings.items() if value != before[name]}
+    flag_settings = expand_algo_alias(raw_flags)
+    given.update({name: flag(name, value) for name, value in flag_settings.items()})
+    config = with_overrides(with_overrides(base, file_settings), flag_settings)
+    check_applicable(config, given)
+    return validate(config)

@@ -191,9 +191,30 @@ def open_source(spec: "DatasetSpec", data_root: Optional[PathLike]) -> Source:
     if spec.name == "omniglot":
         return OmniglotSource(root)
     if not (root / "images").is_dir():
-        raise DataError(f"no mini-ImageNet images under {root}: expected a folder images/ with the 84x84 JPEGs "
-                        "(and optionally train.csv, val.csv, test.csv); pass --data-root pointing at that folder")
+        raise DataError(_no_images_folder(root))
     return _FolderSource(root)
+
+
+def _holds_jpegs(folder: Path) -> bool:
+    """Whether `folder` itself holds .jpg/.jpeg files (a mini-ImageNet images/ folder)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.lower().endswith((".jpg", ".jpeg")) for e in entries)
+    except OSError:
+        return False
+
+
+def _no_images_folder(root: Path) -> str:
+    """The message for a mini-ImageNet data root without images/, pointing at the right folder."""
+    expected = f"no mini-ImageNet images under {root}: expected a folder images/ with the 84x84 JPEGs"
+    if not _holds_jpegs(root):
+        return (f"{expected} (and optionally train.csv, val.csv, test.csv); pass --data-root the folder "
+                "that contains images/")
+    if root.name == "images":
+        return (f"{expected}, but {root} is that images/ folder itself (it holds the JPEGs); pass its parent: "
+                f"--data-root {root.parent}")
+    return (f"{expected}, but {root} holds the JPEGs itself; move them into {root / 'images'} and keep "
+            f"--data-root {root}")
 
 
 def _readable(path: Path) -> bool:

@@ -113,7 +113,9 @@ def test_train_then_eval_is_reproducible(tmp_path):
     assert first.exit_code == 0, first.output
     assert "accuracy" in first.output and "95% CI" in first.output
     assert first.output == second.output
-    saved = json.loads((out / "eval-test-best.json").read_text())
+    written = Path(first.output.split("written to ")[-1].strip())  # the file name encodes the protocol
+    assert written.parent == out and written.name.startswith("eval-test-best")
+    saved = json.loads(written.read_text())
     assert saved["episodes"] == 20 and len(saved["accuracies"]) == 20
     assert saved["protocol"]["queries"] == 2 and "transductive" in saved["protocol"]["batchnorm"]
 

@@ -3,7 +3,7 @@ import pytest
 from click.testing import CliRunner
 
 from l2l_app.cli import cli
-from l2l_app.config import ExperimentConfig, validate, with_overrides
+from l2l_app.config import ExperimentConfig, applies, compose, resolve, validate, with_overrides
 from l2l_app.errors import ConfigError
 from l2l_app.recipes import find_published, load_recipe, recipe_names
 
@@ -26,6 +26,16 @@ def test_recipe_loads_and_validates(name):
     assert f"{config.task.ways}w{config.task.shots}s" in name
     assert 0 < recipe.reported_accuracy <= 100
     assert find_published(config.flat()) is not None
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_recipe_sets_only_what_its_algorithm_uses(name):
+    """`--recipe NAME` alone is never refused, and its resolved config validates."""
+    settings = load_recipe(name).settings
+    assert [k for k in settings if not applies(k, settings["algo"])] == []
+    assert name.startswith("fomaml") == bool(settings.get("first_order"))  # the name report.py shows
+    resolved = resolve(compose({}, recipe=name))
+    assert validate(resolved) == resolved and resolved.recipe == name
 
 
 def test_published_hyperparameters():
