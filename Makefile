@@ -28,8 +28,8 @@ demo: install
 	$(VENV)/bin/l2l-app train --recipe protonet-omniglot-5w1s --iterations 100000 \
 	  --time-budget $(DEMO_MINUTES) --val-every 100 --val-episodes 100 --seed 0 \
 	  --out $(DEMO_DIR) --overwrite
-	$(VENV)/bin/l2l-app eval --run $(DEMO_DIR) --episodes 1000 --split test
-	$(VENV)/bin/l2l-app eval --run $(DEMO_DIR) --episodes 1000 --split test --shots 5
+	$(VENV)/bin/l2l-app eval $(DEMO_DIR) --episodes 1000 --split test
+	$(VENV)/bin/l2l-app eval $(DEMO_DIR) --episodes 1000 --split test --shots 5
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

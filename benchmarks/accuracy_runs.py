@@ -44,6 +44,11 @@ EXPERIMENTS = {
         ["--recipe", "protonet-omniglot-5w1s", "--iterations", "100000", "--time-budget", "15",
          "--val-every", "250", "--val-episodes", "200"],
         [(5, 1), (5, 5), (20, 1)]),
+    # `make demo` as it stands in the Makefile (3 minutes, then 5w1s and 5w5s).
+    "demo-3min": (
+        ["--recipe", "protonet-omniglot-5w1s", "--iterations", "100000", "--time-budget", "3",
+         "--val-every", "100", "--val-episodes", "100"],
+        [(5, 1), (5, 5)]),
     # Issue 3: MAML / FOMAML / Reptile on Omniglot 5-way 1-shot, as many steps as a CPU budget allows
     # (published recipes, except MAML's meta-batch 8 instead of 32 to get 4x the steps).
     "maml-5w1s-cpu": (
@@ -78,21 +83,21 @@ def l2l_app(*args: str) -> None:
 
 
 def run(name: str, episodes: int) -> dict:
+    from l2l_app.rundir import eval_file_name
     from l2l_app.runtime import environment
     train_args, shapes = EXPERIMENTS[name]
     run_dir = RUNS / name
     load_before = os.getloadavg()
     start = time.time()
-    l2l_app("train", *train_args, "--seed", "0", "--out", str(run_dir), "--overwrite", "--quiet")
+    l2l_app("train", *train_args, "--seed", "0", "--out", str(run_dir), "--overwrite")
     train_seconds = time.time() - start
     load_after = os.getloadavg()
     results = {}
+    seed = json.loads((run_dir / "config.json").read_text())["eval"]["eval_seed"]
     for ways, shots in shapes:
-        l2l_app("eval", "--run", str(run_dir), "--episodes", str(episodes), "--ways", str(ways),
+        l2l_app("eval", str(run_dir), "--episodes", str(episodes), "--ways", str(ways),
                 "--shots", str(shots), "--queries", "15", "--quiet")
-        config = json.loads((run_dir / "config.json").read_text())
-        same = (ways, shots) == (config["task"]["ways"], config["task"]["shots"])
-        eval_file = run_dir / ("eval-test-best.json" if same else f"eval-test-best-{ways}w{shots}s.json")
+        eval_file = run_dir / eval_file_name("test", "best", ways, shots, 15, episodes, seed)
         ev = json.loads(eval_file.read_text())
         results[f"{ways}w{shots}s"] = {"mean": ev["mean"], "ci95": ev["ci95"], "episodes": ev["episodes"]}
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

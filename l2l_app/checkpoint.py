@@ -8,46 +8,14 @@ is refused, never executed.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
 from .errors import CheckpointError
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file_object)` on a temp file beside `path`, fsync, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        kept = " (the previous one is kept)" if path.exists() else ""
-        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}{kept}; "
-                              f"free some disk space or choose another --out") from None
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+from .rundir import atomic_write
 
 
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:

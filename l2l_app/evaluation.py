@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List
 
 import torch
-from tqdm.auto import tqdm
 
 from .algorithms.base import MetaLearner
+from .progress import Progress
 from .tasks import TaskSource
 
 
@@ -48,14 +49,15 @@ def evaluate(learner: MetaLearner, source: TaskSource, episodes: int, batch_size
     `source` must be freshly seeded for the result to be reproducible.
     """
     accs: list[torch.Tensor] = []
-    bar = tqdm(total=episodes, desc=desc, disable=not progress, leave=False, unit="ep")
+    bar = Progress(desc, episodes, enabled=progress, log_every=max(batch_size, episodes // 10), unit="episode")
+    start = time.perf_counter()
     done = 0
     while done < episodes:
         n = min(batch_size, episodes - done)
         batch = source.sample(n)
         accs.append(learner.query_accuracy(batch).detach().double().cpu() * 100.0)
         done += n
-        bar.update(n)
+        bar.update(done, time.perf_counter() - start)
     bar.close()
     all_accs = torch.cat(accs)
     mean, ci, std = mean_ci95(all_accs)

@@ -2,17 +2,14 @@
 
 sample -> meta_step -> (finite check) -> clip -> optimiser step -> log -> validate -> checkpoint.
 
-A run directory holds:
-  config.json      every resolved setting (plus engine, sampler, environment)
-  metrics.jsonl    one JSON object per line: {"kind": "train", step, loss, accuracy, lr, time}
-                   and {"kind": "val", step, val_accuracy, val_ci95, time}
-  checkpoints/last.pt, checkpoints/best.pt (best validation accuracy; never selected on test)
+The run directory's layout, locking and safe replacement live in `rundir.py`.  A `Trainer`
+builds and checks everything (settings, data, episode shapes, device, model, checkpoint to
+resume) before it touches the disk; only then does it take the run directory.
 """
 from __future__ import annotations
 
 import json
 import math
-import shutil
 import signal
 import time
 import warnings
@@ -21,19 +18,21 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 from . import registry, runtime
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ExperimentConfig, dump_json, load_json, validate, with_overrides
+from .config import ExperimentConfig, load_json, resolve, validate, with_overrides
 from .datasets import DATASETS, SplitData, check_disjoint, load_split
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
+from .progress import Progress
+from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, TENSORBOARD_DIR, RunDirectory,
+                     check_run_target, checkpoint_path, eval_file_name, file_sha256, list_evaluations,
+                     write_json)
 from .samplers import build_task_source
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_DIR = "checkpoints"
+#: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
+ACCURACY_UNIT = "%"
 
 
 class NonFiniteLossError(L2LAppError):
@@ -58,31 +57,37 @@ class TrainSummary:
     stopped_by_budget: bool
     skipped_steps: int
     bad_images: int = 0  # images left out by --skip-bad-images (train + val splits)
+    #: 'trained' | 'complete' (resumed a finished run: nothing to do) | 'budget spent' (resumed a run
+    #: whose --time-budget is used up: nothing to do)
+    status: str = "trained"
+    iterations: int = 0
+    time_budget: Optional[float] = None
+    stale_evaluations: int = 0
 
-
-def prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Create RUN_DIR, refusing to clobber an existing one unless --overwrite (or --resume)."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out {run_dir} is a file; choose a directory path")
-    if resume:
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(f"--resume {run_dir}: no {CONFIG_FILE} there, so it is not a run directory; "
-                              f"start a new run with --out")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run directory {run_dir} already exists; pass --resume to continue it "
-                              f"or --overwrite to replace it")
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise ConfigError(f"refusing to --overwrite {run_dir}: it is not an l2l-app run directory "
-                              f"(no {CONFIG_FILE}); choose another --out")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def dataset_root(config: ExperimentConfig) -> Optional[str]:
-    return config.data.data_root
+    def describe(self, engine: str, sampler: str, device: str) -> str:
+        """What the CLI prints at the end of `train`."""
+        if self.status == "complete":
+            return (f"run {self.run_dir} is complete ({self.steps} of {self.iterations} steps); nothing to do. "
+                    f"To train further: l2l-app train --resume {self.run_dir} --iterations N (N > {self.steps})")
+        if self.status == "budget spent":
+            return (f"run {self.run_dir} stopped at its time budget ({self.time_budget:g} min; "
+                    f"{self.seconds / 60:.1f} min used, step {self.steps} of {self.iterations}); nothing to do. "
+                    f"To continue: l2l-app train --resume {self.run_dir} --time-budget M "
+                    f"(M > {self.seconds / 60:.1f})")
+        best = "n/a" if self.best_val_accuracy is None else \
+            f"{self.best_val_accuracy:.2f}% at step {self.best_step}"
+        note = " (time budget reached)" if self.stopped_by_budget else ""
+        lines = [f"trained {self.steps} steps in {self.seconds:.1f}s{note} [{engine} engine, {sampler} sampler, "
+                 f"{device}]; best validation accuracy {best}; run: {self.run_dir}"]
+        if self.skipped_steps:
+            lines.append(f"skipped {self.skipped_steps} steps with a non-finite loss")
+        if self.bad_images:
+            lines.append(f"skipped {self.bad_images} unreadable images (listed in {self.run_dir / RUN_INFO_FILE})")
+        if self.stale_evaluations:
+            lines.append(f"{self.stale_evaluations} evaluation(s) in {self.run_dir} are now stale (their checkpoint "
+                         f"changed); `l2l-app report {self.run_dir} --out DIR` lists them with the commands "
+                         f"that refresh them")
+        return "\n".join(lines)
 
 
 def model_for(config: ExperimentConfig) -> torch.nn.Module:
@@ -106,19 +111,39 @@ def eval_protocol(config: ExperimentConfig, split: str, episodes: int, seed: int
     return protocol
 
 
+def _open_tensorboard(enabled: bool):
+    """The SummaryWriter class when --tensorboard is on (checked before anything is written)."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("--tensorboard needs the optional tensorboard package: pip install tensorboard "
+                          "(or pip install 'l2l_app[tensorboard]'), or drop --tensorboard") from None
+    return SummaryWriter
+
+
 class Trainer:
-    """Meta-trains one configuration into a run directory."""
+    """Meta-trains one configuration into a run directory.
+
+    Construction validates and builds everything in memory; the run directory is taken (locked,
+    created, or staged beside an old run for --overwrite) only after that, so a refused command
+    changes nothing on disk.
+    """
 
     def __init__(self, config: ExperimentConfig, run_dir: Path, resume: bool = False,
                  overwrite: bool = False, progress: bool = True,
                  on_step: Callable[[int, Dict[str, float]], None] | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        prepare_run_dir(self.run_dir, overwrite=overwrite, resume=resume)
-        self.config = validate(config)
+        self.run_dir = Path(run_dir)  # the user's path; files go to self.files.path
+        mode = "resume" if resume else ("overwrite" if overwrite else "new")
+        check_run_target(self.run_dir, mode)  # cheap refusals first: busy, exists, path through a file
+        self.config = resolve(validate(config))
         self.resume = resume
         self.progress = progress
         self.on_step = on_step
         self._stop_signal: Optional[int] = None
+        self._tensorboard_class = _open_tensorboard(self.config.run.tensorboard)
+        self._tensorboard = None
 
         c = self.config
         self.device = runtime.resolve_device(c.run.device)
@@ -150,22 +175,36 @@ class Trainer:
         self.best_val: Optional[float] = None
         self.best_step: Optional[int] = None
         self.skipped = 0
-        if resume:
-            self._restore()
-        dump_json(c, self.run_dir / CONFIG_FILE)  # on --resume, records what it changed (e.g. --iterations)
-        if not resume:
-            (self.run_dir / "run.json").write_text(json.dumps(
-                {"engine": self.engine, "sampler": self.sampler, "device": str(self.device),
-                 "chunk_size": getattr(self.learner, "chunk_size", None),
-                 "environment": runtime.environment(), "bad_images": len(self.bad_images),
-                 "skipped_images": self.bad_images}, indent=2) + "\n")
+        self.status = "trained"
+        state = self._load_resume_state() if resume else None
+        if state is not None:
+            self._apply(state)
+            self.status = self._nothing_to_do()
+        self.files: Optional[RunDirectory] = None
+        if self.status != "trained":
+            return  # a finished run, or one whose budget is spent: leave it untouched
+        # ---- everything is checked: only now touch the disk -------------------------------------
+        self.files = RunDirectory(self.run_dir, mode)
+        try:
+            if state is not None:
+                self._truncate_metrics(self.step)
+            write_json(self.files.file(CONFIG_FILE), c.to_dict())  # on --resume: records what changed
+            if not resume:
+                write_json(self.files.file(RUN_INFO_FILE), {
+                    "engine": self.engine, "sampler": self.sampler, "device": str(self.device),
+                    "chunk_size": getattr(self.learner, "chunk_size", None), "accuracy_unit": ACCURACY_UNIT,
+                    "environment": runtime.environment(), "bad_images": len(self.bad_images),
+                    "skipped_images": self.bad_images})
+        except BaseException:
+            self._close(committed=False)
+            raise
 
     # ---- pieces -------------------------------------------------------------
     def _train_flags(self) -> tuple[str, str, str]:
         """The options that set the training episode shape, for error messages."""
         t = self.config.task
-        return tuple(f"--train-{n}" if getattr(t, f"train_{n}") is not None else f"--{n}"
-                     for n in ("ways", "shots", "queries"))  # type: ignore[return-value]
+        given = {n: getattr(t, f"train_{n}") not in (None, getattr(t, n)) for n in ("ways", "shots", "queries")}
+        return tuple(f"--train-{n}" if given[n] else f"--{n}" for n in ("ways", "shots", "queries"))  # type: ignore
 
     def _val_source(self):
         c = self.config
@@ -185,7 +224,7 @@ class Trainer:
 
     @property
     def checkpoint_dir(self) -> Path:
-        return self.run_dir / CHECKPOINT_DIR
+        return (self.files.path if self.files else self.run_dir) / CHECKPOINT_DIR
 
     def _state(self) -> Dict[str, Any]:
         learner_state = self.learner.state_dict() if hasattr(self.learner, "state_dict") else {}
@@ -204,11 +243,21 @@ class Trainer:
         }
 
     def save(self, name: str) -> None:
+        """Write checkpoints/<name>.pt atomically; the first one swaps a staged --overwrite run in."""
         self.checkpoint_dir.mkdir(exist_ok=True)
         save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pt")
+        self.files.commit()
 
-    def _restore(self) -> None:
-        state = load_checkpoint(self.checkpoint_dir / "last.pt", map_location=self.device)
+    def _load_resume_state(self) -> Dict[str, Any]:
+        """The last checkpoint, checked against the settings before anything is written."""
+        state = load_checkpoint(checkpoint_path(self.run_dir, "last"), map_location=self.device)
+        step, iterations = int(state["step"]), self.config.optim.iterations
+        if iterations < step:
+            raise ConfigError(f"--iterations {iterations} is below the step this run has reached ({step}); "
+                              f"pass --iterations {step} or more")
+        return state
+
+    def _apply(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -220,30 +269,57 @@ class Trainer:
             self.learner.load_state_dict(state["learner"])
         self.best_val, self.best_step = state["best_val"], state["best_step"]
         self.skipped = int(state.get("skipped", 0))
-        self._truncate_metrics(self.step)
+
+    def _nothing_to_do(self) -> str:
+        """'complete' or 'budget spent' for a resumed run that would train no step; else 'trained'."""
+        c = self.config
+        if self.step >= c.optim.iterations:
+            return "complete"
+        if c.run.time_budget is not None and self.elapsed >= 60 * c.run.time_budget:
+            return "budget spent"
+        return "trained"
 
     def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint, so a resumed log has no duplicated steps."""
-        path = self.run_dir / METRICS_FILE
-        if not path.exists():
-            return
+        """Drop log lines written after the checkpoint, so a resumed log has no duplicated steps.
+
+        A run logged by an older l2l-app (training accuracy as a fraction, no `accuracy_unit` in
+        run.json) has its rows converted to % here, so one log never mixes units.
+        """
+        path = self.files.file(METRICS_FILE)
+        info_path = self.files.file(RUN_INFO_FILE)
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        to_percent = info.get("accuracy_unit") != ACCURACY_UNIT
         kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    kept.append(line)
-            except (json.JSONDecodeError, KeyError):
-                break  # a line cut short by the crash: everything after it is stale too
-        path.write_text("".join(k + "\n" for k in kept))
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    if row["step"] > step:
+                        continue
+                except (json.JSONDecodeError, KeyError):
+                    break  # a line cut short by the crash: everything after it is stale too
+                if to_percent and row.get("kind") == "train":
+                    row["accuracy"] = 100.0 * row["accuracy"]
+                    line = json.dumps(row)
+                kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept))
+        if to_percent and info:
+            write_json(info_path, {**info, "accuracy_unit": ACCURACY_UNIT})
 
     def _log(self, record: Dict[str, Any]) -> None:
+        path = self.files.file(METRICS_FILE)
         try:
-            with open(self.run_dir / METRICS_FILE, "a") as f:
+            with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as exc:
             raise CheckpointError(f"could not append to {self.run_dir / METRICS_FILE}: "
                                   f"{exc.strerror or exc}; free disk space and continue with "
                                   f"`l2l-app train --resume {self.run_dir}`") from None
+        if self._tensorboard is not None:
+            for key in ("loss", "accuracy", "lr", "val_accuracy", "val_ci95"):
+                if key in record:
+                    tag = f"{record['kind']}/{key.removeprefix('val_')}"
+                    self._tensorboard.add_scalar(tag, record[key], record["step"])
 
     def validate_now(self) -> EvalResult:
         c = self.config
@@ -253,24 +329,49 @@ class Trainer:
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal API
         self._stop_signal = signum
 
+    def _summary(self, stopped_by_budget: bool = False) -> TrainSummary:
+        stale = 0
+        if self.status == "trained" and self.resume:
+            stale = sum(e.status == "stale" for e in list_evaluations(self.run_dir))
+        return TrainSummary(self.run_dir, self.step, self.elapsed, self.best_val, self.best_step,
+                            stopped_by_budget, self.skipped, len(self.bad_images), self.status,
+                            self.config.optim.iterations, self.config.run.time_budget, stale)
+
+    def _close(self, committed: bool) -> None:
+        """Release the run directory; a staged run that never wrote a checkpoint is discarded."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
+        if self.files is not None:
+            if not committed:
+                self.files.discard()
+            self.files.release()
+
     # ---- the loop -------------------------------------------------------------
     def fit(self) -> TrainSummary:
+        if self.status != "trained":
+            return self._summary()
         c = self.config
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        if self._tensorboard_class is not None:
+            self._tensorboard = self._tensorboard_class(log_dir=str(self.files.file(TENSORBOARD_DIR)))
         start = time.perf_counter() - self.elapsed
         last_save = time.perf_counter()
         stopped_by_budget = False
-        bar = tqdm(total=c.optim.iterations, initial=self.step, disable=not self.progress,
-                   desc=f"{c.algorithm.algo}/{self.engine}", unit="step", dynamic_ncols=True)
+        budget = None if c.run.time_budget is None else 60 * c.run.time_budget
+        bar = Progress(f"{c.algorithm.algo}/{self.engine}", c.optim.iterations, self.step, self.elapsed,
+                       budget_seconds=budget, enabled=self.progress, log_every=c.run.log_every)
         try:
             while self.step < c.optim.iterations:
                 batch = self.train_source.sample(c.optim.meta_batch)
                 metrics = self.learner.meta_step(batch)
                 if not self._finite(metrics):
                     if not c.run.skip_nonfinite:
-                        last = self.checkpoint_dir / "last.pt"
-                        kept = f"keeping the last good checkpoint in {last}" if last.is_file() else \
-                            "no checkpoint had been written yet"
+                        last = self.run_dir / CHECKPOINT_DIR / "last.pt"
+                        kept = f"keeping the last good checkpoint in {last}" if self.checkpoint_dir.joinpath(
+                            "last.pt").is_file() else "no checkpoint had been written yet"
+                        if self.files.staged:
+                            kept += f"; the run that was in {self.run_dir} is left as it was"
                         raise NonFiniteLossError(
                             f"loss became {metrics['loss']} at step {self.step + 1}; stopped, {kept} "
                             f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
@@ -287,18 +388,19 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
+                accuracy = 100.0 * metrics["accuracy"]
                 self._log({"kind": "train", "step": self.step, "loss": metrics["loss"],
-                           "accuracy": metrics["accuracy"], "lr": lr, "time": round(self.elapsed, 3)})
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics['accuracy']:.3f}",
-                                val="-" if self.best_val is None else f"{self.best_val:.2f}")
+                           "accuracy": accuracy, "lr": lr, "time": round(self.elapsed, 3)})
                 if self.on_step is not None:
                     self.on_step(self.step, metrics)
 
-                out_of_time = c.run.time_budget is not None and self.elapsed >= 60 * c.run.time_budget
+                out_of_time = budget is not None and self.elapsed >= budget
                 finished = self.step >= c.optim.iterations or out_of_time
                 if self.step % c.run.val_every == 0 or finished:
                     self._validate_and_keep_best()
+                bar.update(self.step, self.elapsed, {
+                    "loss": f"{metrics['loss']:.3f}", "acc": f"{accuracy:.1f}%",
+                    "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
                 minutes = c.run.checkpoint_minutes
                 due = (self.step % c.run.checkpoint_every == 0 or finished or self._stop_signal is not None
                        or (minutes is not None and time.perf_counter() - last_save >= 60 * minutes))
@@ -316,8 +418,8 @@ class Trainer:
             bar.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return TrainSummary(self.run_dir, self.step, self.elapsed, self.best_val, self.best_step,
-                            stopped_by_budget, self.skipped, len(self.bad_images))
+            self._close(committed=not self.files.staged)
+        return self._summary(stopped_by_budget)
 
     @staticmethod
     def _finite(metrics: Dict[str, float]) -> bool:
@@ -333,25 +435,39 @@ class Trainer:
 
 
 #: the settings `train --resume` may change; everything else would make the resumed run a different one
-RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "val_every", "checkpoint_every", "checkpoint_minutes")
+RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "val_every", "checkpoint_every", "checkpoint_minutes",
+                     "log_every", "tensorboard")
 
 
 def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
-    """The saved config of `run_dir` with the few settings a resumed run may change."""
-    fixed = [name for name in overrides if name not in RESUME_CHANGEABLE]
+    """The saved config of `run_dir` with the few settings a resumed run may change.
+
+    A flag that repeats the run's own value is accepted (it changes nothing).
+    """
+    check_run_target(Path(run_dir), "resume")
+    saved = resolve(load_run(run_dir))
+    current = saved.flat()
+    changed = [name for name, value in overrides.items() if name not in current or current[name] != value]
+    fixed = [name for name in changed if name not in RESUME_CHANGEABLE]
     if fixed:
         allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE)
-        raise ConfigError(f"cannot change --{fixed[0].replace('_', '-')} when resuming; only {allowed} may change")
-    return with_overrides(load_run(run_dir), overrides)
+        name = fixed[0]
+        was = current.get(name)
+        raise ConfigError(f"cannot change --{name.replace('_', '-')} when resuming (the run has {was!r}); "
+                          f"only {allowed} may change; start a new run with --out for other settings")
+    return with_overrides(saved, {name: overrides[name] for name in changed})
 
 
 def load_run(run_dir: Path) -> ExperimentConfig:
-    """The resolved config of an existing run directory."""
+    """The config of an existing run directory."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"--run {run_dir} is not a run directory (no {CONFIG_FILE}); "
+        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                           f"pass the --out directory of `l2l-app train`")
     return load_json(path)
+
+
+SPLITS = ("train", "val", "test")
 
 
 def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None,
@@ -361,20 +477,21 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
 
     ways/shots/queries override the run's evaluation episode shape (ProtoNet can test any
-    ways; MAML/Reptile's output layer fixes them).  Writes eval-<split>-<ckpt>.json, or
-    eval-<split>-<ckpt>-<W>w<S>s.json when the shape differs from the run's.
+    ways; MAML/Reptile's output layer fixes them).  Writes one file per protocol
+    (`rundir.eval_file_name`), recording the checkpoint's step and SHA-256 so that a later
+    change of the checkpoint marks the result stale.
     """
     run_dir = Path(run_dir)
-    trained = load_run(run_dir)
+    trained = resolve(load_run(run_dir))
     shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
-    config = validate(with_overrides(trained, shape))
-    if config.task.ways != trained.task.ways and config.algorithm.algo != "protonet":
-        raise ConfigError(f"--ways {config.task.ways}: this {config.algorithm.algo} model has a "
+    if ways is not None and ways != trained.task.ways and trained.algorithm.algo != "protonet":
+        raise ConfigError(f"--ways {ways}: this {trained.algorithm.algo} model has a "
                           f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
+    config = validate(with_overrides(trained, shape))
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"--split {split!r} must be one of train, val, test")
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r} must be one of {', '.join(SPLITS)}")
     episodes = config.eval.episodes if episodes is None else episodes
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
@@ -382,23 +499,23 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     dev = runtime.resolve_device(device or config.run.device)
     runtime.set_tf32(config.run.tf32)
     engine = registry.resolve_engine(config.algorithm.algo, engine or config.run.engine, dev)
-    ckpt_path = run_dir / CHECKPOINT_DIR / f"{checkpoint}.pt"
+    ckpt_path = checkpoint_path(run_dir, checkpoint)
+    digest = file_sha256(ckpt_path) if ckpt_path.is_file() else None
     state = load_checkpoint(ckpt_path, map_location=dev)
     model = model_for(config).to(dev)
     model.load_state_dict(state["model"])
     learner = registry.build_learner(config, model, engine, config.run.chunk_size)
     data = load_split(config.data.dataset, split, config.data.data_root, progress=progress)
     sampler = "l2l"
-    protocol = eval_protocol(config, split, episodes, seed, sampler, f"{checkpoint} (step {state['step']})")
-    protocol["engine"] = engine
     source = build_task_source(sampler, data, config.task.ways, config.task.shots, config.task.queries,
                                seed=seed, device=dev)
-    suffix = "" if (config.task.ways, config.task.shots) == (trained.task.ways, trained.task.shots) \
-        else f"-{config.task.ways}w{config.task.shots}s"
-    out = run_dir / f"eval-{split}-{checkpoint}{suffix}.json"
-    protocol["file"] = out.name
+    protocol = eval_protocol(config, split, episodes, seed, sampler, f"{checkpoint} (step {state['step']})")
+    out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
+                                   episodes, seed)
+    protocol.update(engine=engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
+                    checkpoint_sha256=digest, file=out.name)
     result = evaluate(learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
-    out.write_text(json.dumps(result.to_dict(with_accuracies=True), indent=2) + "\n")
+    write_json(out, result.to_dict(with_accuracies=True))
     return result
 
 

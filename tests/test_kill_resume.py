@@ -124,3 +124,28 @@ def test_sigterm_checkpoints_and_says_how_to_resume(synthetic_data_root, tmp_pat
     assert 3 <= stopped_at < ITERATIONS
     assert checkpoint(run_dir)["step"] == stopped_at  # the step it finished is the one saved
     assert last_step(run_dir) == stopped_at
+
+
+def test_a_second_process_is_refused_and_a_killed_runs_lock_is_released(synthetic_data_root, tmp_path):
+    """Two processes never train in one run directory; the lock dies with its process."""
+    run_dir = tmp_path / "run"
+    first = train("--data-root", str(synthetic_data_root), "--out", str(run_dir), *ARGS, "--iterations", "100000")
+    wait_for_step(first, run_dir, 2)
+    second_tries = {
+        "resume": ["--resume", str(run_dir)],
+        "overwrite": ["--data-root", str(synthetic_data_root), "--out", str(run_dir), *ARGS, "--overwrite"],
+        "same --out": ["--data-root", str(synthetic_data_root), "--out", str(run_dir), *ARGS],
+    }
+    for what, args in second_tries.items():
+        code, out, err = finish(train(*args))
+        assert code == 2, (what, err)
+        assert len(err.strip().splitlines()) == 1, (what, err)
+        assert f"run directory {run_dir} is in use by process {first.pid}" in err, (what, err)
+    assert first.poll() is None  # the first run was not disturbed
+    os.kill(first.pid, signal.SIGKILL)
+    finish(first)
+    killed_at = checkpoint(run_dir)["step"]
+    code, out, err = finish(train("--resume", str(run_dir), "--iterations", str(killed_at + 2)))
+    assert code == 0, err
+    assert checkpoint(run_dir)["step"] == killed_at + 2
+    assert last_step(run_dir) == killed_at + 2

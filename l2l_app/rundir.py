@@ -1,0 +1,385 @@
+"""The run directory: its layout and file names, atomic writes, the training lock, safe
+replacement (`--overwrite`), and evaluation files keyed by their protocol.
+
+Layout of a run directory::
+
+    config.json        every resolved setting
+    run.json           engine, sampler, device, environment, skipped images
+    metrics.jsonl      one JSON object per training step / validation
+    checkpoints/last.pt, checkpoints/best.pt
+    eval-<split>-<checkpoint>-<W>w<S>s<Q>q-<E>ep-seed<N>.json   one file per evaluation protocol
+    .lock              held (flock) by the process training in the directory
+
+Rules this module enforces:
+- a process trains in a run directory only while it holds the directory's lock; the lock is
+  an OS file lock, so it is released when the process dies (a killed run can be resumed);
+- `--overwrite` never removes the old run before the new one exists: the new run is built in
+  a hidden staging folder beside it and swapped in when it writes its first checkpoint;
+- every file but the append-only metrics log is written atomically (temp file, fsync, rename);
+- an evaluation records the checkpoint's step and SHA-256, so a later change of the
+  checkpoint (training resumed) marks the evaluation stale.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .errors import CheckpointError, ConfigError
+
+CONFIG_FILE = "config.json"
+RUN_INFO_FILE = "run.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+EVAL_GLOB = "eval-*.json"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_NAMES = ("best", "last")
+
+
+# ------------------------------------------------------------------------------ atomic writes
+def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename over `path`.
+
+    A crash or a full disk leaves the previous file (if any) untouched; a failure raises
+    CheckpointError (one line, naming the file).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        kept = " (the previous one is kept)" if path.exists() else ""
+        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}{kept}; "
+                              f"free some disk space or choose another --out") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomically write `data` as indented JSON with a trailing newline."""
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def read_json(path: Path, what: str = "file") -> Any:
+    """Parse a JSON file; an unreadable one is a one-line ConfigError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _unlink_quietly(path: str | Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------ locking
+def _lock_holder(lock_file: Path) -> str:
+    """'process 1234 on host (l2l-app train ...)' from a lock file's contents."""
+    try:
+        info = json.loads(lock_file.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    pid = info.get("pid", "?")
+    host = info.get("host")
+    where = f" on {host}" if host and host != socket.gethostname() else ""
+    return f"process {pid}{where}"
+
+
+def _held_by_another(directory: Path) -> Optional[str]:
+    """The holder of `directory`'s lock if another process holds it, else None. Creates nothing."""
+    lock_file = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: nobody ever trained here with a lock, or it was never taken
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(lock_file)
+    finally:
+        os.close(fd)  # closing drops our probe lock
+    return None
+
+
+def _busy_error(directory: Path, holder: str) -> ConfigError:
+    return ConfigError(f"run directory {directory} is in use by {holder}, which is training in it; "
+                       f"wait for it to finish or stop it first (a killed run's lock is released)")
+
+
+class _Lock:
+    """An exclusive flock on DIR/.lock, recording who holds it; released on close or process death."""
+
+    def __init__(self, directory: Path) -> None:
+        lock_file = Path(directory) / LOCK_FILE
+        self.fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise _busy_error(directory, _lock_holder(lock_file)) from None
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "command": " ".join(sys.argv)[:500]})
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, record.encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ------------------------------------------------------------------------------ the run directory
+def _contents(directory: Path) -> List[str]:
+    """Entries of a directory, ignoring our own lock file."""
+    return [p.name for p in Path(directory).iterdir() if p.name != LOCK_FILE]
+
+
+def check_run_target(path: Path, mode: str) -> None:
+    """Refuse, without touching the disk, a run directory that `mode` cannot use.
+
+    mode: 'new' (train --out), 'overwrite' (train --out --overwrite) or 'resume' (train --resume).
+    """
+    path = Path(path)
+    flag = "--resume" if mode == "resume" else "--out"
+    # The nearest existing ancestor must be a folder we can create things in.
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose a path under a folder")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot create folders in {existing} (permission denied); "
+                          f"choose another {flag}")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; choose a directory path")
+    if path.is_dir():
+        holder = _held_by_another(path)
+        if holder is not None:
+            raise _busy_error(path, holder)
+    if mode == "resume":
+        if not is_run_dir(path):
+            raise ConfigError(f"--resume {path}: no {CONFIG_FILE} there, so it is not a run directory; "
+                              f"start a new run with --out")
+        if not checkpoint_path(path, "last").is_file():
+            raise ConfigError(f"--resume {path}: no checkpoint to resume from ({CHECKPOINT_DIR}/last.pt); "
+                              f"start it again with --out {path} --overwrite")
+    elif path.is_dir() and _contents(path):
+        if mode == "new":
+            raise ConfigError(f"run directory {path} already exists; pass --resume to continue it "
+                              f"or --overwrite to replace it")
+        if not is_run_dir(path):
+            raise ConfigError(f"refusing to --overwrite {path}: it is not an l2l-app run directory "
+                              f"(no {CONFIG_FILE}); choose another --out")
+
+
+def _topmost_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of `path` that does not exist yet (None if `path` exists)."""
+    top = None
+    while not path.exists() and path != path.parent:
+        top, path = path, path.parent
+    return top
+
+
+class RunDirectory:
+    """A run directory held by this process: files go to `.path`; `.final` is the user's path.
+
+    For `--overwrite` of an existing run, `.path` is a hidden staging folder beside it until
+    `commit()` (called when the first checkpoint has been written) swaps it in and removes the old
+    run; `discard()` (the new run failed before that) removes the staging folder and leaves the
+    old run as it was.  Open it only after every setting has been validated.
+    """
+
+    def __init__(self, final: Path, mode: str) -> None:
+        check_run_target(final, mode)
+        self.final = Path(final)
+        self.path = self.final
+        self._old_lock: Optional[_Lock] = None
+        self._created: Optional[Path] = None  # the topmost folder this object created (new runs)
+        replacing = mode == "overwrite" and self.final.is_dir() and bool(_contents(self.final))
+        try:
+            if replacing:
+                self._old_lock = _Lock(self.final)  # nobody may resume the old run meanwhile
+                self._remove_abandoned_staging()
+                self.path = self.final.parent / f".{self.final.name}.staging-{os.getpid()}"
+                self.path.mkdir()
+            elif mode != "resume":
+                self._created = _topmost_missing(self.final)
+                self.final.mkdir(parents=True, exist_ok=True)
+                if _contents(self.final):  # another process created it after our check
+                    raise ConfigError(f"run directory {self.final} already exists; pass --resume to "
+                                      f"continue it or --overwrite to replace it")
+            self._lock = _Lock(self.path)
+        except OSError as exc:
+            self._release_old()
+            raise ConfigError(f"cannot create run directory {self.path}: {exc.strerror or exc}; "
+                              f"choose another --out") from None
+        except ConfigError:
+            self._release_old()
+            raise
+
+    @property
+    def staged(self) -> bool:
+        return self.path != self.final
+
+    def commit(self) -> None:
+        """Swap a staged run in for the old one (a no-op when not staged)."""
+        if not self.staged:
+            return
+        aside = self.final.parent / f".{self.final.name}.replaced-{os.getpid()}"
+        os.rename(self.final, aside)
+        os.rename(self.path, self.final)
+        self.path = self.final
+        self._release_old()
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def discard(self) -> None:
+        """Undo a start that failed: remove a staged run that never wrote a checkpoint (the old
+        run stays) or the folders a new run created."""
+        self._lock.release()
+        if self.staged:
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.path = self.final
+        elif self._created is not None:
+            shutil.rmtree(self._created, ignore_errors=True)
+        self._release_old()
+
+    def release(self) -> None:
+        self._lock.release()
+        self._release_old()
+
+    def _release_old(self) -> None:
+        if self._old_lock is not None:
+            self._old_lock.release()
+            self._old_lock = None
+
+    def _remove_abandoned_staging(self) -> None:
+        """Staging folders of killed --overwrite runs (nobody holds their lock)."""
+        for stale in self.final.parent.glob(f".{self.final.name}.staging-*"):
+            if stale.is_dir() and _held_by_another(stale) is None:
+                shutil.rmtree(stale, ignore_errors=True)
+
+    # -- files ---------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def checkpoint(self, name: str) -> Path:
+        return checkpoint_path(self.path, name)
+
+
+# ------------------------------------------------------------------------------ evaluations
+def eval_file_name(split: str, checkpoint: str, ways: int, shots: int, queries: int, episodes: int,
+                   seed: int) -> str:
+    """The file of one evaluation protocol, e.g. eval-test-best-5w1s15q-1000ep-seed1234.json."""
+    return f"eval-{split}-{checkpoint}-{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}.json"
+
+
+def eval_command(run_dir: Path, protocol: Dict[str, Any]) -> str:
+    """The `l2l-app eval` command that (re)computes an evaluation with this protocol."""
+    p = protocol
+    name = p.get("checkpoint_name") or str(p.get("checkpoint", "best")).split()[0]
+    return (f"l2l-app eval {run_dir} --split {p['split']} --checkpoint {name} --ways {p['ways']} "
+            f"--shots {p['shots']} --queries {p['queries']} --episodes {p['episodes']} "
+            f"--seed {p['episode_seed']}")
+
+
+@dataclass
+class Evaluation:
+    """One eval-*.json of a run, with whether its checkpoint has changed since."""
+    path: Path
+    result: Dict[str, Any]
+    status: str  # 'current' | 'stale' (checkpoint changed or gone) | 'unverified' (no hash recorded)
+    reason: str
+    refresh: str
+
+    @property
+    def protocol(self) -> Dict[str, Any]:
+        return self.result.get("protocol", {})
+
+    @property
+    def stale(self) -> bool:
+        return self.status != "current"
+
+
+def evaluation_status(run_dir: Path, protocol: Dict[str, Any]) -> tuple[str, str]:
+    """('current' | 'stale' | 'unverified', reason) of an evaluation's checkpoint."""
+    recorded = protocol.get("checkpoint_sha256")
+    name = protocol.get("checkpoint_name")
+    if not recorded or not name:
+        return "unverified", "written by an older l2l-app: no checkpoint hash recorded"
+    path = checkpoint_path(run_dir, name)
+    if not path.is_file():
+        return "stale", f"{CHECKPOINT_DIR}/{name}.pt no longer exists"
+    if file_sha256(path) != recorded:
+        step = protocol.get("checkpoint_step")
+        return "stale", (f"{CHECKPOINT_DIR}/{name}.pt has changed since this evaluation "
+                         f"(it evaluated step {step})")
+    return "current", f"{CHECKPOINT_DIR}/{name}.pt unchanged (step {protocol.get('checkpoint_step')})"
+
+
+def list_evaluations(run_dir: Path) -> List[Evaluation]:
+    """Every evaluation file of a run, sorted by name, each with its freshness."""
+    run_dir = Path(run_dir)
+    out = []
+    for path in sorted(run_dir.glob(EVAL_GLOB)):
+        result = read_json(path, "evaluation")
+        protocol = result.get("protocol", {})
+        status, reason = evaluation_status(run_dir, protocol)
+        try:
+            refresh = eval_command(run_dir, protocol)
+        except KeyError:
+            refresh = f"l2l-app eval {run_dir}"
+        out.append(Evaluation(path, result, status, reason, refresh))
+    return out
+
+
+__all__ = ["CONFIG_FILE", "RUN_INFO_FILE", "METRICS_FILE", "CHECKPOINT_DIR", "LOCK_FILE", "RunDirectory",
+           "atomic_write", "write_json", "read_json", "file_sha256", "checkpoint_path", "check_run_target",
+           "eval_file_name", "eval_command", "Evaluation", "evaluation_status", "list_evaluations"]

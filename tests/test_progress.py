@@ -1,0 +1,73 @@
+"""Progress tells the truth: fraction and ETA follow whichever limit ends the work; plain lines
+every --log-every units when the output is not a terminal, one redrawn line when it is."""
+from __future__ import annotations
+
+import io
+
+from l2l_app.progress import Progress, format_seconds
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_format_seconds():
+    assert format_seconds(12.4) == "00:12"
+    assert format_seconds(3725) == "1:02:05"
+
+
+def test_the_time_budget_sets_fraction_and_eta_when_it_ends_the_run_first():
+    p = Progress("maml", total=100000, budget_seconds=60.0, enabled=False)
+    p.update(100, 30.0)  # 0.3 s/step: 100000 steps would take 8 hours, the budget ends in 30 s
+    assert p.fraction() == 0.5
+    assert p.eta() == (30.0, "time budget")
+    assert "50%" in p.line() and "ETA 00:30 (time budget)" in p.line()
+
+
+def test_the_step_count_sets_them_when_it_ends_the_run_first():
+    p = Progress("protonet", total=20, budget_seconds=3600.0, enabled=False)
+    p.update(9, 10.0)
+    assert abs(p.fraction() - 0.45) < 1e-12
+    seconds, limit = p.eta()
+    assert limit == "steps" and abs(seconds - 11 * 10.0 / 9) < 1e-9
+
+
+def test_a_resumed_run_measures_its_rate_from_its_own_steps():
+    p = Progress("x", total=100, done=50, elapsed=500.0, enabled=False)  # 10 s/step before the resume
+    assert p.eta() == (None, "")
+    p.update(60, 510.0)  # 1 s/step now
+    assert p.eta() == (40.0, "steps")
+
+
+def test_plain_lines_every_log_every_steps_when_not_a_terminal():
+    out = io.StringIO()
+    p = Progress("reptile", total=10, stream=out, log_every=4)
+    for step in range(1, 11):
+        p.update(step, float(step), {"loss": "1.000"})
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert [line.split("step ")[1].split()[0] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert all("loss 1.000" in line for line in lines)
+
+
+def test_one_redrawn_line_on_a_terminal():
+    out = Terminal()
+    clock = iter(float(t) for t in range(100))
+    p = Progress("proto", total=5, stream=out, clock=lambda: next(clock))
+    for step in range(1, 6):
+        p.update(step, float(step))
+    p.close()
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n")
+    assert text.count("\r") >= 5 and "step 5/5" in text.rsplit("\r", 1)[1]
+
+
+def test_disabled_progress_prints_nothing():
+    out = io.StringIO()
+    p = Progress("quiet", total=3, stream=out, enabled=False, log_every=1)
+    for step in range(1, 4):
+        p.update(step, float(step))
+    p.close()
+    assert out.getvalue() == ""
