@@ -443,7 +443,8 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
         "results": results,
         "sweeps": sweeps,
     }
-    from .report import bench_markdown, plot_sweep
+    from .plots import plot_sweep
+    from .report import bench_markdown
     (out_dir / "bench.json").write_text(_json(report))
     plots = [plot_sweep(name, rows, out_dir / f"sweep-{name}.png") for name, rows in sweeps.items()]
     report["plots"] = [p.name for p in plots]

@@ -1,314 +1,377 @@
-"""Reports of run directories: Markdown + static HTML with learning curves and published numbers.
+"""Reports of run directories: Markdown + static HTML with learning curves, every evaluation, published numbers.
 
-`build_report(run_dirs, out_dir)` writes ``report.md`` (PNGs referenced relatively),
-``report.html`` (the same content, PNGs embedded as base64: one file to share) and
-``learning_curves.png``.  For each run: test accuracy ± 95% CI from its ``eval-test-*.json``
-next to the number the paper reports for the same setting (`recipes.find_published` on the
-run's flat config) and the difference in percentage points; its full configuration and the
-evaluation protocol.  `plot_learning_curves(run_dirs, out_png)` can be used on its own.
+`build_report(run_dirs, out_dir)` writes ``report.md`` (the PNG referenced relatively),
+``report.html`` (the same content, the PNG embedded: one file to share) and
+``learning_curves.png``.  For each run the report shows
+
+- every evaluation (each ``eval-*.json``, `rundir.list_evaluations`) with its protocol, mean ± 95% CI
+  and freshness: one whose checkpoint changed since is marked STALE, with the reason and the
+  command that refreshes it;
+- the comparison with the published number of its setting (`recipes.find_published`) and with the
+  recipe the run names (``config.recipe``).  It is made on the test evaluation whose protocol
+  matches the recipe's (its ways and shots; then its query count, a current result and the best
+  checkpoint are preferred), and every recipe setting in which the run differs is listed beside it;
+- its resolved configuration ("n/a": a setting that does not apply to the algorithm).
+
+Both documents are rendered from one list of blocks (`report_blocks`), so they say the same thing.
+The runs are read by `run_records.load_run_records`; the learning curves are drawn by
+`plots.plot_learning_curves`, which can be used on its own.  `bench_markdown` renders ``bench.md``
+for `bench.run_bench`.
 """
 from __future__ import annotations
 
 import base64
 import html
-import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .config import ExperimentConfig, load_json
+from .config import flag
 from .errors import ConfigError
-from .recipes import Recipe, find_published
+from .plots import plot_learning_curves
+from .recipes import Recipe
+from .run_records import Comparison, RunRecord, checkpoint_of, load_run_records, shape_label
+from .rundir import CONFIG_FILE, Evaluation, eval_command
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class RunRecord:
-    """What a report needs from one run directory."""
-    path: Path
-    name: str
-    config: ExperimentConfig
-    train: List[Dict[str, Any]] = field(default_factory=list)
-    val: List[Dict[str, Any]] = field(default_factory=list)
-    evaluation: Optional[Dict[str, Any]] = None
-    eval_file: Optional[str] = None
-    run_info: Dict[str, Any] = field(default_factory=dict)
-    published: Optional[Recipe] = None
-
-    @property
-    def difference(self) -> Optional[float]:
-        """Our test accuracy minus the published one, in percentage points."""
-        if self.evaluation is None or self.published is None:
-            return None
-        return float(self.evaluation["mean"]) - float(self.published.reported_accuracy)
-
-    def setting(self) -> str:
-        c = self.config
-        algo = "fomaml" if c.algorithm.algo == "maml" and c.algorithm.first_order else c.algorithm.algo
-        return f"{algo} {c.data.dataset} {c.task.ways}-way {c.task.shots}-shot"
+NA = "n/a"
+CURVES_PNG = "learning_curves.png"
 
 
-def _pick_eval(run_dir: Path) -> Optional[Path]:
-    """eval-test-best.json, else eval-test-last.json, else any eval-test-*.json."""
-    for name in ("eval-test-best.json", "eval-test-last.json"):
-        if (run_dir / name).is_file():
-            return run_dir / name
-    others = sorted(run_dir.glob("eval-test-*.json"))
-    return others[0] if others else None
+# ------------------------------------------------------------------------------ formatting
+def fmt_value(value: Any) -> str:
+    """A setting's value for a table: None is 'n/a' (does not apply), floats without noise."""
+    if value is None:
+        return NA
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
-def load_run_record(run_dir: Path | str) -> RunRecord:
-    """Read config.json, metrics.jsonl, run.json and the test evaluation of a run directory.
-
-    Raises ConfigError (one line) when `run_dir` is not an l2l-app run directory.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} is not a directory; pass run directories written by `l2l-app train --out`")
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the --out directory "
-                          f"of `l2l-app train`")
-    config = load_json(run_dir / CONFIG_FILE)
-    rec = RunRecord(run_dir, run_dir.resolve().name, config)
-    metrics = run_dir / METRICS_FILE
-    if metrics.is_file():
-        for n, line in enumerate(metrics.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise ConfigError(f"{metrics}: line {n} is not JSON; the metrics log is damaged") from None
-            (rec.val if row.get("kind") == "val" else rec.train).append(row)
-    eval_path = _pick_eval(run_dir)
-    if eval_path is not None:
-        try:
-            rec.evaluation = json.loads(eval_path.read_text())
-            rec.eval_file = eval_path.name
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot read {eval_path}: {exc}; re-run `l2l-app eval --run {run_dir}`") from None
-    if (run_dir / "run.json").is_file():
-        try:
-            rec.run_info = json.loads((run_dir / "run.json").read_text())
-        except json.JSONDecodeError:
-            rec.run_info = {}
-    rec.published = find_published(config.flat())
-    return rec
-
-
-def _records(run_dirs: Sequence[Path | str]) -> List[RunRecord]:
-    if not run_dirs:
-        raise ConfigError("no run directories given; pass one or more `l2l-app train --out` directories")
-    records = [load_run_record(d) for d in run_dirs]
-    names = [r.name for r in records]
-    for r in records:  # disambiguate runs with the same folder name
-        if names.count(r.name) > 1:
-            r.name = str(r.path)
-    return records
-
-
-# ------------------------------------------------------------------------------ plots
-def plot_learning_curves(run_dirs: Sequence[Path | str], out_png: Path | str) -> Path:
-    """Loss and train/validation accuracy (%) vs step and vs wall time, one colour per run."""
-    records = run_dirs if run_dirs and isinstance(run_dirs[0], RunRecord) else _records(run_dirs)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharey="row")
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, rec in enumerate(records):
-        colour = colours[i % len(colours)]
-        for col, xkey in enumerate(("step", "time")):
-            tr = [r for r in rec.train if xkey in r]
-            va = [r for r in rec.val if xkey in r]
-            scale = (lambda t: t / 60.0) if xkey == "time" else (lambda s: s)
-            if tr:
-                axes[0, col].plot([scale(r[xkey]) for r in tr], [r["loss"] for r in tr], color=colour,
-                                  label=rec.name, lw=1)
-                axes[1, col].plot([scale(r[xkey]) for r in tr], [100.0 * r["accuracy"] for r in tr],
-                                  color=colour, lw=1, alpha=0.6, label=f"{rec.name} train")
-            if va:
-                axes[1, col].plot([scale(r[xkey]) for r in va], [r["val_accuracy"] for r in va], color=colour,
-                                  ls="--", marker="o", ms=3, label=f"{rec.name} validation")
-    for col, xlabel in enumerate(("meta-training step", "wall time (minutes)")):
-        axes[0, col].set_title(f"training loss vs {xlabel.split(' (')[0]}")
-        axes[1, col].set_title(f"accuracy vs {xlabel.split(' (')[0]}")
-        axes[1, col].set_xlabel(xlabel)
-        for row in range(2):
-            axes[row, col].grid(True, alpha=0.3)
-    axes[0, 0].set_ylabel("query loss (train episodes)")
-    axes[1, 0].set_ylabel("accuracy (%)")
-    if any(r.train for r in records):
-        axes[0, 0].legend(fontsize=8)
-    if any(r.train or r.val for r in records):
-        axes[1, 0].legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
-# ------------------------------------------------------------------------------ report
-def _acc(mean: Any, ci: Any) -> str:
+def fmt_accuracy(mean: Any, ci: Any = None) -> str:
     if mean is None:
         return "–"
     return f"{float(mean):.2f} ± {float(ci):.2f}" if ci is not None else f"{float(mean):.2f}"
 
 
-def _eval_cell(rec: RunRecord) -> str:
-    if rec.evaluation is None:
-        return f"not evaluated (run `l2l-app eval --run {rec.path}`)"
-    e = rec.evaluation
-    return f"{_acc(e.get('mean'), e.get('ci95'))} ({e.get('episodes')} episodes)"
+def checkpoint_label(protocol: Dict[str, Any]) -> str:
+    name, step = checkpoint_of(protocol)
+    return name if step is None else f"{name} (step {step})"
 
 
-def _published_cell(rec: RunRecord) -> str:
-    if rec.published is None:
-        return "no published number for this setting"
-    p = rec.published
-    return f"{_acc(p.reported_accuracy, p.reported_ci95)} ({p.source.split(',')[0]}, {p.table})"
+def eval_shape_label(protocol: Dict[str, Any]) -> str:
+    """'5-way 1-shot, 15 queries/class' of an evaluation's protocol."""
+    return shape_label([protocol.get(k, "?") for k in ("ways", "shots", "queries")])
 
 
-def _diff_cell(rec: RunRecord) -> str:
-    d = rec.difference
+def citation(recipe: Recipe) -> str:
+    """'Snell et al. (2017), Table 1' from 'Snell, Swersky & Zemel (2017), Prototypical ...'."""
+    authors = recipe.source.split(" (")[0]
+    year = re.search(r"\((\d{4})\)", recipe.source)
+    first = authors.split(",")[0].split(" & ")[0]
+    who = first + (" et al." if first != authors else "")
+    return f"{who} ({year.group(1)}), {recipe.table}" if year else f"{who}, {recipe.table}"
+
+
+def adaptation_label(protocol: Dict[str, Any]) -> str:
+    """'3 steps, lr 0.4' for algorithms that adapt at test time; n/a otherwise."""
+    if protocol.get("test_inner_steps") is None:
+        return NA
+    steps = protocol["test_inner_steps"]
+    return f"{steps} step{'' if steps == 1 else 's'}, lr {fmt_value(protocol.get('inner_lr'))}"
+
+
+#: how a non-current evaluation is marked (Markdown bold; the HTML colours the cell)
+STATUS_MARK = {"stale": "**STALE**", "unverified": "**unverified**"}
+
+
+def status_mark(ev: Evaluation) -> str:
+    """'' for a current evaluation, else its mark (**STALE**: its checkpoint changed or is gone)."""
+    return STATUS_MARK.get(ev.status, "") if ev.stale else ""
+
+
+def freshness(ev: Evaluation) -> str:
+    """'current', or '**STALE**: <reason>' / '**unverified**: <reason>'."""
+    return f"{status_mark(ev)}: {ev.reason}" if ev.stale else "current"
+
+
+# ------------------------------------------------------------------------------ report content
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    """A paragraph; `code` and **bold** are the only inline markup."""
+    text: str
+
+
+@dataclass
+class Table:
+    header: List[str]
+    rows: List[List[str]]
+    collapsed: Optional[str] = None  # HTML: inside a closed <details> with this summary
+
+
+@dataclass
+class Image:
+    alt: str
+    path: Path
+
+
+Block = Union[Heading, Para, Table, Image]
+
+
+def _compared_cell(comp: Comparison) -> str:
+    ev = comp.evaluation
+    if ev is None:
+        return "none"
+    p = ev.protocol
+    return f"`{ev.path.name}` ({p.get('split')}, {checkpoint_label(p)}, {eval_shape_label(p)}, {p.get('episodes')} ep.)"
+
+
+def _ours_cell(comp: Comparison) -> str:
+    ev = comp.evaluation
+    if ev is None:
+        return "not evaluated"
+    mark = status_mark(ev)
+    return fmt_accuracy(ev.result.get("mean"), ev.result.get("ci95")) + (f" {mark}" if mark else "")
+
+
+def _published_cell(recipe: Recipe) -> str:
+    return f"{fmt_accuracy(recipe.reported_accuracy, recipe.reported_ci95)} ({citation(recipe)})"
+
+
+def _diff_cell(comp: Comparison) -> str:
+    d = comp.difference_pp
     return "–" if d is None else f"{d:+.2f} pp"
 
 
-def _summary_rows(records: List[RunRecord]) -> List[List[str]]:
+def _differences_cell(comp: Comparison) -> str:
+    if not comp.differences:
+        return "none"
+    return f"{len(comp.differences)}: " + ", ".join(d.setting for d in comp.differences)
+
+
+def _best_val(rec: RunRecord) -> str:
+    best = max((v["val_accuracy"] for v in rec.val), default=None)
+    return "–" if best is None else f"{best:.2f}"
+
+
+def _evaluations_cell(rec: RunRecord) -> str:
+    n = len(rec.evaluations)
+    return f"{n} ({rec.stale_count} not current)" if rec.stale_count else str(n)
+
+
+SUMMARY_HEADER = ["run", "setting", "training episodes", "steps", "best val acc (%)", "evaluations",
+                  "recipe", "compared evaluation", "test acc ± 95% CI (%)", "published (%)", "difference",
+                  "protocol differences"]
+
+
+def summary_rows(records: Sequence[RunRecord]) -> List[List[str]]:
+    """One row per run and recipe it is compared with (one row when there is none)."""
     rows = []
     for rec in records:
-        last = rec.train[-1] if rec.train else {}
-        best_val = max((v["val_accuracy"] for v in rec.val), default=None)
-        rows.append([rec.name, rec.setting(), str(last.get("step", 0)),
-                     "–" if best_val is None else f"{best_val:.2f}",
-                     _eval_cell(rec), _published_cell(rec), _diff_cell(rec)])
+        run = [rec.name, rec.setting(), shape_label(rec.train_shape), str(rec.steps), _best_val(rec),
+               _evaluations_cell(rec)]
+        if not rec.comparisons:
+            rows.append(run + ["no published number for this setting", "–", "–", "–", "–", "–"])
+        for comp in rec.comparisons:
+            rows.append(run + [f"`{comp.recipe.name}`", _compared_cell(comp), _ours_cell(comp),
+                               _published_cell(comp.recipe), _diff_cell(comp), _differences_cell(comp)])
     return rows
 
 
-HEADER = ["run", "setting", "steps", "best val acc (%)", "test acc ± 95% CI (%)", "published (%)", "difference"]
+EVAL_HEADER = ["file", "split", "episodes", "# episodes", "episode seed", "checkpoint", "test-time adaptation",
+               "accuracy ± 95% CI (%)", "freshness", "refresh with"]
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|")
+def evaluation_rows(rec: RunRecord) -> List[List[str]]:
+    rows = []
+    for ev in rec.evaluations:
+        p, r = ev.protocol, ev.result
+        rows.append([f"`{ev.path.name}`", str(p.get("split", "?")), eval_shape_label(p), fmt_value(p.get("episodes")),
+                     fmt_value(p.get("episode_seed")), checkpoint_label(p), adaptation_label(p),
+                     fmt_accuracy(r.get("mean"), r.get("ci95")), freshness(ev),
+                     f"`{ev.refresh}`" if ev.stale else ""])
+    return rows
 
 
-def _flat_config(rec: RunRecord) -> Dict[str, Any]:
-    flat = rec.config.flat()
-    flat["recipe"] = rec.config.recipe
-    return flat
+def comparison_blocks(rec: RunRecord, comp: Comparison) -> List[Block]:
+    recipe = comp.recipe
+    blocks: List[Block] = [
+        Heading(f"against `{recipe.name}`", 4),
+        Para(f"`{recipe.name}` ({comp.role}): {_published_cell(recipe)}; their protocol: {recipe.protocol}.")]
+    if comp.evaluation is None:
+        blocks.append(Para(f"This run: {comp.missing}."))
+    else:
+        ev = comp.evaluation
+        note = f" — {freshness(ev)}; refresh with `{ev.refresh}`" if ev.stale else ""
+        blocks.append(Para(f"This run: {_ours_cell(comp)} on `{ev.path.name}` ({checkpoint_label(ev.protocol)}, "
+                           f"{eval_shape_label(ev.protocol)}, {ev.protocol.get('episodes')} episodes){note}; "
+                           f"difference {_diff_cell(comp)}."))
+    if not comp.differences:
+        blocks.append(Para("Protocol: every setting of the recipe matches this run."))
+        return blocks
+    caveat = ", so the difference above is not like for like" if comp.evaluation is not None else ""
+    blocks.append(Para(f"**Protocol differs in {len(comp.differences)} setting(s)**{caveat}:"))
+    blocks.append(Table(["setting", "this run", "recipe", "this run's value from"],
+                        [[f"`{flag(d.setting)}`", fmt_value(d.ours), fmt_value(d.theirs),
+                          "the compared evaluation" if d.source == "evaluation" else CONFIG_FILE]
+                         for d in comp.differences]))
+    return blocks
 
 
-def markdown_report(records: List[RunRecord], curves_png: str) -> str:
-    lines = ["# l2l-app report", "",
-             "Test accuracy is the mean over fixed-seed episodes with its 95% confidence interval "
-             "(1.96·std/√n); *difference* is ours minus the published number, in percentage points.", "",
-             "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in _summary_rows(records)]
-    lines += ["", "## Learning curves", "", f"![learning curves]({curves_png})", ""]
+def _run_info_line(rec: RunRecord) -> Optional[str]:
+    info = rec.run_info
+    if not info:
+        return None
+    env = info.get("environment", {})
+    return (f"Run: engine {fmt_value(info.get('engine'))}, sampler {fmt_value(info.get('sampler'))}, device "
+            f"{fmt_value(info.get('device'))}; torch {fmt_value(env.get('torch'))}, learn2learn "
+            f"{fmt_value(env.get('learn2learn'))}, git {fmt_value(env.get('git'))}.")
+
+
+def config_rows(rec: RunRecord) -> List[List[str]]:
+    """The resolved configuration, one setting per row; 'n/a' where it does not apply."""
+    flat = {"recipe": rec.config.recipe, **rec.config.flat()}
+    return [[name, fmt_value(value)] for name, value in flat.items()]
+
+
+def run_blocks(rec: RunRecord) -> List[Block]:
+    blocks: List[Block] = [Heading(rec.name), Para(f"Directory: `{rec.path}`")]
+    info = _run_info_line(rec)
+    if info:
+        blocks.append(Para(info))
+    blocks += [Para(note) for note in rec.notes]
+    blocks.append(Heading("Comparison with published results", 3))
+    if not rec.comparisons:
+        blocks.append(Para("No published number for this setting and no recipe named."))
+    for comp in rec.comparisons:
+        blocks += comparison_blocks(rec, comp)
+    blocks.append(Heading(f"Evaluations ({len(rec.evaluations)})", 3))
+    if rec.evaluations:
+        blocks.append(Table(EVAL_HEADER, evaluation_rows(rec)))
+    else:
+        c = rec.config
+        command = eval_command(rec.path, {"split": c.eval.split, "checkpoint_name": "best", "ways": c.task.ways,
+                                          "shots": c.task.shots, "queries": c.task.queries,
+                                          "episodes": c.eval.episodes, "episode_seed": c.eval.eval_seed})
+        blocks.append(Para(f"Not evaluated yet: `{command}`"))
+    blocks.append(Heading("Configuration (resolved; n/a: does not apply)", 3))
+    blocks.append(Table(["setting", "value"], config_rows(rec), collapsed="all settings"))
+    return blocks
+
+
+INTRO = ("Accuracies are means over fixed-seed episodes with their 95% confidence interval (1.96·std/√n); "
+         "*difference* is ours minus the published number, in percentage points, on the test evaluation whose "
+         "protocol matches the recipe's. Every recipe setting the run does not share is listed with it. "
+         "An evaluation whose checkpoint has changed since is **STALE**.")
+
+
+def report_blocks(records: Sequence[RunRecord], curves_png: Path) -> List[Block]:
+    """The report's content, rendered by `markdown_report` and `html_report`."""
+    blocks: List[Block] = [Heading("l2l-app report", 1), Para(INTRO), Table(SUMMARY_HEADER, summary_rows(records)),
+                           Heading("Learning curves"), Image("learning curves", Path(curves_png))]
     for rec in records:
-        lines += [f"## {rec.name}", "", f"Directory: `{rec.path}`", ""]
-        if rec.evaluation is None:
-            lines += [f"Not evaluated: run `l2l-app eval --run {rec.path}`.", ""]
-        else:
-            lines += [f"Evaluation (`{rec.eval_file}`): {_eval_cell(rec)}", "", "Protocol:", "",
-                      "| key | value |", "|---|---|"]
-            lines += [f"| {k} | {_md_escape(str(v))} |" for k, v in rec.evaluation.get("protocol", {}).items()]
-            lines.append("")
-        if rec.published is not None:
-            p = rec.published
-            lines += [f"Published: {_published_cell(rec)}; protocol: {p.protocol}", ""]
-        if rec.run_info:
-            env = rec.run_info.get("environment", {})
-            lines += [f"Run: engine {rec.run_info.get('engine')}, sampler {rec.run_info.get('sampler')}, "
-                      f"device {rec.run_info.get('device')}; torch {env.get('torch')}, learn2learn "
-                      f"{env.get('learn2learn')}, git {env.get('git')}", ""]
-        lines += ["Configuration:", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {_md_escape(str(v))} |" for k, v in _flat_config(rec).items()]
+        blocks += run_blocks(rec)
+    return blocks
+
+
+# ------------------------------------------------------------------------------ rendering
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_report(blocks: Sequence[Block]) -> str:
+    lines: List[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            lines.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Para):
+            lines.append(b.text)
+        elif isinstance(b, Table):
+            lines += ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
+        elif isinstance(b, Image):
+            lines.append(f"![{b.alt}]({b.path.name})")
         lines.append("")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
-CSS = """body{font-family:system-ui,-apple-system,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
-th{background:#f3f3f3}td.num{text-align:right}.neg{color:#b00}.pos{color:#070}.muted{color:#777}
-details{margin:.5em 0}code{background:#f6f6f6;padding:1px 3px}img{max-width:100%}"""
+def _inline_html(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"\*([^*]+)\*", r"<em>\1</em>", text)
 
 
-def _html_table(header: List[str], rows: List[List[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = ""
-    for row in rows:
+def _cell_class(text: str) -> str:
+    if "**STALE**" in text:
+        return "stale"
+    if "**unverified**" in text:
+        return "unverified"
+    if re.fullmatch(r"[+-]\d+\.\d+ pp", text):
+        return "num neg" if text.startswith("-") else "num pos"
+    return "muted" if text in ("none", "–", "not evaluated", NA) else ""
+
+
+def _html_table(table: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = []
+    for row in table.rows:
         cells = []
         for c in row:
-            cls = ""
-            if re.fullmatch(r"[+-]\d+\.\d+ pp", c):
-                cls = ' class="num ' + ("neg" if c.startswith("-") else "pos") + '"'
-            elif c.startswith("not evaluated") or c.startswith("no published"):
-                cls = ' class="muted"'
-            text = html.escape(c)
-            text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-            cells.append(f"<td{cls}>{text}</td>")
-        body += "<tr>" + "".join(cells) + "</tr>\n"
-    return f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>"
+            cls = _cell_class(c)
+            cells.append(f"<td{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{_inline_html(c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    out = f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"
+    return f"<details><summary>{html.escape(table.collapsed)}</summary>{out}</details>" if table.collapsed else out
 
 
-def html_report(records: List[RunRecord], curves_png: Path) -> str:
-    data = base64.b64encode(Path(curves_png).read_bytes()).decode("ascii")
+CSS = """body{font-family:system-ui,-apple-system,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}td.num{text-align:right}.neg{color:#b00}.pos{color:#070}
+.muted{color:#888}td.stale{background:#fde8e8;color:#900}td.unverified{background:#fff6dd;color:#7a5600}
+h2{border-top:2px solid #ddd;padding-top:.8em;margin-top:2em}h4{margin:1.2em 0 .3em}details{margin:.5em 0}
+code{background:#f4f4f4;padding:1px 3px;font-size:12px}img{max-width:100%}"""
+
+
+def html_report(blocks: Sequence[Block]) -> str:
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>l2l-app report</title>",
-             f"<style>{CSS}</style></head><body><h1>l2l-app report</h1>",
-             "<p>Test accuracy is the mean over fixed-seed episodes with its 95% confidence interval "
-             "(1.96&middot;std/&radic;n); <em>difference</em> is ours minus the published number, in "
-             "percentage points.</p>",
-             _html_table(HEADER, _summary_rows(records)),
-             "<h2>Learning curves</h2>",
-             f"<img alt='learning curves' src='data:image/png;base64,{data}'>"]
-    for rec in records:
-        parts.append(f"<h2>{html.escape(rec.name)}</h2><p>Directory: <code>{html.escape(str(rec.path))}</code></p>")
-        if rec.evaluation is None:
-            parts.append(f"<p class='muted'>Not evaluated: run <code>l2l-app eval --run "
-                         f"{html.escape(str(rec.path))}</code>.</p>")
-        else:
-            parts.append(f"<p>Evaluation (<code>{html.escape(rec.eval_file or '')}</code>): "
-                         f"{html.escape(_eval_cell(rec))}</p>")
-            proto = rec.evaluation.get("protocol", {})
-            parts.append("<details open><summary>Evaluation protocol</summary>" +
-                         _html_table(["key", "value"], [[k, str(v)] for k, v in proto.items()]) + "</details>")
-        if rec.published is not None:
-            parts.append(f"<p>Published: {html.escape(_published_cell(rec))}; protocol: "
-                         f"{html.escape(rec.published.protocol)}</p>")
-        if rec.run_info:
-            env = rec.run_info.get("environment", {})
-            parts.append(f"<p>Run: engine {html.escape(str(rec.run_info.get('engine')))}, sampler "
-                         f"{html.escape(str(rec.run_info.get('sampler')))}, device "
-                         f"{html.escape(str(rec.run_info.get('device')))}; torch {html.escape(str(env.get('torch')))}"
-                         f", learn2learn {html.escape(str(env.get('learn2learn')))}</p>")
-        parts.append("<details><summary>Configuration</summary>" +
-                     _html_table(["setting", "value"], [[k, str(v)] for k, v in _flat_config(rec).items()]) +
-                     "</details>")
+             f"<style>{CSS}</style></head><body>"]
+    for b in blocks:
+        if isinstance(b, Heading):
+            parts.append(f"<h{b.level}>{_inline_html(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            parts.append(f"<p>{_inline_html(b.text)}</p>")
+        elif isinstance(b, Table):
+            parts.append(_html_table(b))
+        elif isinstance(b, Image):
+            data = base64.b64encode(b.path.read_bytes()).decode("ascii")
+            parts.append(f"<img alt='{html.escape(b.alt)}' src='data:image/png;base64,{data}'>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
 def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str) -> Dict[str, Path]:
     """Write report.md, report.html and learning_curves.png into `out_dir`; returns their paths."""
-    records = _records(run_dirs)
+    records = load_run_records(run_dirs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; choose a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_learning_curves(records, out_dir / "learning_curves.png")
+    curves = plot_learning_curves(records, out_dir / CURVES_PNG)
+    blocks = report_blocks(records, curves)
     md = out_dir / "report.md"
-    md.write_text(markdown_report(records, curves.name))
+    md.write_text(markdown_report(blocks))
     page = out_dir / "report.html"
-    page.write_text(html_report(records, curves))
+    page.write_text(html_report(blocks))
     return {"md": md, "html": page, "png": curves}
-
 
 
 # ------------------------------------------------------------------------------ benchmark results (bench.py)
@@ -365,42 +428,4 @@ def bench_markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_sweep(name: str, rows: List[Dict[str, Any]], out_png: Path) -> Path:
-    """ms/step and peak memory vs the swept value, one line per impl (log scales where values span >= 8x)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
-    impls = list(dict.fromkeys(r["impl"] for r in rows))
-    for impl in impls:
-        pts = [(r["value"], r["median_ms"], r.get("p10_ms"), r.get("p90_ms"), r.get("peak_mem_mb"))
-               for r in rows if r["impl"] == impl and r.get("status") == "ok"]
-        if not pts:
-            continue
-        xs = [p[0] for p in pts]
-        line, = ax_t.plot(xs, [p[1] for p in pts], marker="o", label=impl)
-        ax_t.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color=line.get_color(), alpha=0.15)
-        if all(p[4] is not None for p in pts):
-            ax_m.plot(xs, [p[4] for p in pts], marker="o", label=impl, color=line.get_color())
-    values = sorted({r["value"] for r in rows})
-    for ax in (ax_t, ax_m):
-        if values and values[0] > 0 and values[-1] / values[0] >= 8:
-            ax.set_xscale("log", base=2)
-        ax.set_xlabel(name)
-        ax.set_xticks(values)
-        ax.set_xticklabels([str(v) for v in values])
-        ax.grid(True, alpha=0.3, which="both")
-        ax.legend()
-    ax_t.set_yscale("log")
-    ax_t.set_ylabel("ms per meta-step (median, p10–p90 band)")
-    ax_m.set_ylabel("peak memory (MiB)")
-    ax_t.set_title(f"time per meta-step vs {name}")
-    ax_m.set_title(f"peak memory vs {name}")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
-
-__all__ = ["RunRecord", "load_run_record", "plot_learning_curves", "build_report", "markdown_report",
-           "html_report", "bench_markdown", "plot_sweep"]
+__all__ = ["report_blocks", "build_report", "markdown_report", "html_report", "bench_markdown"]

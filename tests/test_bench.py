@@ -13,7 +13,7 @@ from l2l_app.backbones import Classifier, Conv4
 from l2l_app.bench import parse_sweep, percentile, relative_l2, speedup, summarise, time_calls
 from l2l_app.cli import cli
 from l2l_app.errors import ConfigError
-from l2l_app.report import plot_sweep
+from l2l_app.plots import plot_sweep
 from l2l_app.tasks import EpisodeBatch
 from l2l_app.torchmeta_style import TorchmetaMAML, from_classifier
 
