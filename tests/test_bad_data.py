@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -126,11 +127,19 @@ def test_bad_image_in_a_zip_is_skipped(synthetic_omniglot):
     s = synthetic_omniglot
     zroot = with_own_split_files(s, s.zip_root)
     zpath = zroot / "images_background.zip"
-    bad = corrupt_zip_member(zpath, "/Alpha/character01/", 0)
-    with pytest.raises(DataError, match=f"images_background.zip:{bad}"):
+    member = "images_background/Alpha/character01/0001_01.png"  # conftest's naming: alphabet 0, char 1, drawing 1
+    assert corrupt_zip_member(zpath, "/Alpha/character01/", 0) == member
+    with pytest.raises(DataError) as e:
         load(zroot)
+    msg = one_line(e)
+    assert msg.startswith(f"cannot decode image {zpath}:{member}: ") and "--skip-bad-images" in msg
     d = load(zroot, skip_bad_images=True)
-    assert d.skipped == [f"cannot decode image {zpath}:{bad}: " + d.skipped[0].split(f"{bad}: ")[1]]
+    assert len(d.skipped) == 1
+    # "file: reason"; b"garbage" is no image format PIL knows, and PIL says so
+    assert re.fullmatch(rf"cannot decode image {re.escape(str(zpath))}:{re.escape(member)}: "
+                        r"cannot identify image file [^\n]*", d.skipped[0]), d.skipped[0]
+    counts = d.class_counts.tolist()
+    assert sorted(counts) == [SYNTH_DRAWINGS - 1] * 4 + [SYNTH_DRAWINGS] * 12  # its 4 rotations lost one
 
 
 def test_too_many_bad_images_leave_a_class_too_small(root):

@@ -1,9 +1,12 @@
 """Config: defaults validate, every invalid value is named by its flag, round trips are exact."""
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
+import torch
 
-from l2l_app.config import (ExperimentConfig, FIELD_GROUP, flag, from_dict, validate, with_overrides)
+from l2l_app.config import (ExperimentConfig, FIELD_GROUP, GROUPS, flag, from_dict, validate, with_overrides)
 from l2l_app.errors import ConfigError
 
 
@@ -12,8 +15,11 @@ def test_defaults_validate():
 
 
 def test_every_setting_has_one_flat_name():
-    flat = ExperimentConfig().flat()
+    config = ExperimentConfig()
+    flat = config.flat()
     assert set(flat) == set(FIELD_GROUP)
+    # one name each: no two groups share a field name (flat() would silently keep only one)
+    assert sum(len(dataclasses.fields(getattr(config, group))) for group in GROUPS) == len(flat)
 
 
 @pytest.mark.parametrize("name,value,expected", [
@@ -63,23 +69,76 @@ def test_round_trip_and_derived_settings():
     assert again == config
     assert again.train_ways == 60 and again.train_shots == config.task.shots
     assert again.test_inner_steps == 5
-    assert dataclasses.replace(again.algorithm, test_inner_steps=10) != again.algorithm
+    # an explicit test_inner_steps survives the round trip and wins over the derived value
+    explicit = with_overrides(config, {"test_inner_steps": 10})
+    assert from_dict(explicit.to_dict()) == explicit != config
+    assert from_dict(explicit.to_dict()).test_inner_steps == 10
 
 
 def test_flag_names():
     assert flag("inner_lr") == "--inner-lr"
 
 
-def test_auto_engine_never_picks_the_slower_measured_engine():
-    import torch
+BENCH_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+ENGINES = ("loop", "batched")  # what resolve_engine chooses between (eager; no compile)
+
+
+def measured_engine_timings():
+    """Loop-vs-batched timings committed in benchmarks/results/{cpu,gpu-h200}/*/bench.json.
+
+    Each bench.json holds `settings` (algo, device) and `results` (one row per impl and mode,
+    with `meta_batch` and `median_ms`), plus `sweeps` ({sweep name: rows}, e.g. the meta-batch
+    sweep).  One entry per (file, rows, meta-batch, mode) where both engines were measured:
+    (id, algo, device type, meta_batch, {engine: median ms}).  Rows of other implementations
+    (torchmeta, batched-compiled, batched-cudagraphs) are not engines `auto` can pick.
+    """
+    paths = [p for machine in ("cpu", "gpu-h200") for p in sorted(BENCH_RESULTS.glob(f"{machine}/*/bench.json"))]
+    found = []
+    for path in paths:
+        bench = json.loads(path.read_text())
+        algo, device = bench["settings"]["algo"], bench["settings"]["device"]
+        sweeps = {f"sweep-{name}": rows for name, rows in bench.get("sweeps", {}).items()}
+        sources = {"results": bench["results"], **sweeps}
+        for source, rows in sources.items():
+            timings = {}
+            for row in rows:
+                if row["impl"] in ENGINES and row["status"] == "ok":
+                    timings.setdefault((row["meta_batch"], row["mode"]), {})[row["impl"]] = row["median_ms"]
+            for (meta_batch, mode), t in sorted(timings.items()):
+                if set(t) == set(ENGINES):
+                    name = f"{path.parent.parent.name}/{path.parent.name}/{source}/mb{meta_batch}/{mode}"
+                    found.append((name.replace(" ", "-"), algo, device, meta_batch, t))
+    return found
+
+
+MEASURED = measured_engine_timings()
+
+
+@pytest.mark.parametrize("algo,device,meta_batch,median_ms", [m[1:] for m in MEASURED],
+                         ids=[m[0] for m in MEASURED])
+def test_auto_engine_picks_the_engine_measured_faster(algo, device, meta_batch, median_ms):
+    """--engine auto picks the engine with the smaller median time in each committed measurement."""
     from l2l_app.registry import resolve_engine
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_engine("maml", "auto", cpu, 32) == "loop"
-    assert resolve_engine("reptile", "auto", cpu, 5) == "loop"
-    assert resolve_engine("reptile", "auto", cuda, 5) == "batched"
-    assert resolve_engine("maml", "auto", cuda, 32) == "batched"
-    assert resolve_engine("maml", "auto", cuda, 1) == "loop"
-    assert resolve_engine("protonet", "batched", cpu, 1) == "batched"
+    faster = min(median_ms, key=median_ms.get)
+    assert resolve_engine(algo, "auto", torch.device(device), meta_batch) == faster, median_ms
+
+
+def test_engine_measurements_cover_every_algorithm_and_device():
+    """The measurements above are there to check: every algorithm on CPU and CUDA, and the
+    meta-batch-1 CUDA point of the sweep, where the loop is faster (11.5 vs 19.8 ms)."""
+    covered = {(algo, device) for _, algo, device, _, _ in MEASURED}
+    assert covered == {(a, d) for a in ("protonet", "maml", "reptile") for d in ("cpu", "cuda")}
+    one_task = [t for name, algo, device, mb, t in MEASURED
+                if (algo, device, mb) == ("maml", "cuda", 1) and "/sweep-meta-batch/" in name]
+    assert len(one_task) == 1 and one_task[0]["loop"] < one_task[0]["batched"]
+
+
+def test_explicit_engine_is_kept():
+    from l2l_app.registry import resolve_engine
+    for engine in ENGINES:
+        for device in ("cpu", "cuda"):
+            assert resolve_engine("protonet", engine, torch.device(device), 1) == engine
+            assert resolve_engine("maml", engine, torch.device(device), 64) == engine
 
 
 def test_inner_lr_default_depends_on_the_algorithm():
