@@ -40,6 +40,7 @@ import torch
 from l2l_app import image_sources, split_cache
 from l2l_app.errors import DataError
 from l2l_app.image_sources import PathLike, one_line
+from l2l_app.progress import Progress
 
 # Re-exported for existing callers (read-only: to patch one, patch it in its own module).
 from l2l_app.image_sources import OMNIGLOT_ARCHIVES, RESIZE_FILTER  # noqa: F401
@@ -319,10 +320,9 @@ def read_csv(path: Path) -> List[Tuple[str, str]]:
 # ----------------------------------------------------------------------------- building
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False)
+def _progress(total: int, desc: str, enabled: bool) -> Progress:
+    """Decoding progress: a redrawn line on a terminal, a plain line per tenth otherwise."""
+    return Progress(desc, total, enabled=enabled, log_every=max(1, total // 10), unit="image")
 
 
 class _BadImages:
@@ -399,7 +399,7 @@ def _build_omniglot(spec: DatasetSpec, source: image_sources.OmniglotSource, fil
                             arrs.append(arr)
                     arr = np.stack(arrs) if arrs else np.zeros((0, size, size), dtype=np.uint8)
                     base[key] = torch.from_numpy(255 - arr)  # invert: strokes 255, background 0
-                    bar.update(len(members))
+                    bar.advance(len(members))
     out = {}
     for s, entries in lines.items():
         imgs, labels, names = [], [], []
@@ -445,7 +445,7 @@ def _build_miniimagenet(spec: DatasetSpec, source: image_sources.Source, files: 
                     arr = None if data is None else bad.attempt(image_sources.decode, data, str(p), "RGB", size)
                     if arr is not None:
                         arrs.append(arr)
-                    bar.update(1)
+                    bar.advance(1)
                 arr = np.stack(arrs) if arrs else np.zeros((0, size, size, 3), dtype=np.uint8)
                 x = torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
                 imgs.append(x)

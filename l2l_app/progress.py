@@ -36,7 +36,10 @@ class Progress:
         self.clock = clock
         self._first = (done, elapsed)  # rate is measured over this process's own units
         self._done, self._elapsed, self._fields = done, elapsed, {}
+        self._start = clock() - elapsed  # for `advance`, which times the work itself
         self._last_draw = -1.0
+        self._next_line = (done // self.log_every + 1) * self.log_every  # plain-line mode
+        self._printed = done
         self._width = 0
 
     # -- what is shown ---------------------------------------------------------------------
@@ -77,8 +80,13 @@ class Progress:
             if now - self._last_draw >= 0.1 or done >= self.total:
                 self._redraw()
                 self._last_draw = now
-        elif done % self.log_every == 0:
+        elif done >= self._next_line:
             self._print_line()
+            self._next_line = (done // self.log_every + 1) * self.log_every
+
+    def advance(self, n: int = 1) -> None:
+        """`n` more units done, timed by this object's clock (for work without a clock of its own)."""
+        self.update(self._done + n, self.clock() - self._start)
 
     def close(self) -> None:
         """Finish the display: end the redrawn line, or print the final plain line."""
@@ -88,8 +96,14 @@ class Progress:
             self._redraw()
             self.stream.write("\n")
             self.stream.flush()
-        elif self._done % self.log_every != 0 or self._done == self._first[0]:
+        elif self._printed != self._done or self._done == self._first[0]:
             self._print_line()
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _redraw(self) -> None:
         text = self.line()
@@ -99,5 +113,6 @@ class Progress:
         self.stream.flush()
 
     def _print_line(self) -> None:
+        self._printed = self._done
         self.stream.write(self.line() + "\n")
         self.stream.flush()

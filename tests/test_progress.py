@@ -71,3 +71,15 @@ def test_disabled_progress_prints_nothing():
         p.update(step, float(step))
     p.close()
     assert out.getvalue() == ""
+
+
+def test_advance_counts_uneven_chunks_and_prints_each_tenth_once():
+    out = io.StringIO()
+    clock = iter(float(t) for t in range(100))
+    with Progress("decoding", total=100, stream=out, log_every=10, unit="image", clock=lambda: next(clock)) as p:
+        for _ in range(14):
+            p.advance(7)  # 98 images
+        p.advance(2)
+    done = [line.split("image ")[1].split()[0] for line in out.getvalue().splitlines()]
+    assert done == ["14/100", "21/100", "35/100", "42/100", "56/100", "63/100", "70/100", "84/100",
+                    "91/100", "100/100"]
