@@ -15,7 +15,7 @@ from typing import Any, Dict
 import torch
 
 from .errors import CheckpointError
-from .rundir import atomic_write
+from .fileio import atomic_write
 
 
 def save_checkpoint(state: Dict[str, Any], path: Path) -> None:

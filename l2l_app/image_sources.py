@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple, Union
 
 from l2l_app.errors import DataError
+from l2l_app.fileio import file_sha256
 
 if TYPE_CHECKING:
     from l2l_app.datasets import DatasetSpec
@@ -67,7 +68,7 @@ class OmniglotSource(Source):
         if self._fp is None:
             parts = []
             for name, (kind, path) in sorted(self.archives.items()):
-                parts.append(f"{name}:{kind}:{_sha256_file(path) if kind == 'zip' else _folder_fingerprint(path)}")
+                parts.append(f"{name}:{kind}:{file_sha256(path) if kind == 'zip' else _folder_fingerprint(path)}")
             self._fp = "|".join(parts)
         return self._fp
 
@@ -222,14 +223,6 @@ def _readable(path: Path) -> bool:
 
 
 # ----------------------------------------------------------------------------- fingerprints
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _folder_fingerprint(folder: Path) -> str:

@@ -15,25 +15,24 @@ Rules this module enforces:
   an OS file lock, so it is released when the process dies (a killed run can be resumed);
 - `--overwrite` never removes the old run before the new one exists: the new run is built in
   a hidden staging folder beside it and swapped in when it writes its first checkpoint;
-- every file but the append-only metrics log is written atomically (temp file, fsync, rename);
+- every file but the append-only metrics log is written atomically (`fileio.atomic_write`);
 - an evaluation records the checkpoint's step and SHA-256, so a later change of the
   checkpoint (training resumed) marks the evaluation stale.
 """
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
+from .fileio import file_sha256, read_json
 
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run.json"
@@ -43,73 +42,6 @@ LOCK_FILE = ".lock"
 EVAL_GLOB = "eval-*.json"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_NAMES = ("best", "last")
-
-
-# ------------------------------------------------------------------------------ atomic writes
-def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Call `write(binary_file)` on a temp file beside `path`, fsync, then rename over `path`.
-
-    A crash or a full disk leaves the previous file (if any) untouched; a failure raises
-    CheckpointError (one line, naming the file).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        kept = " (the previous one is kept)" if path.exists() else ""
-        raise CheckpointError(f"could not write {path}: {exc.strerror or exc}{kept}; "
-                              f"free some disk space or choose another --out") from None
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Atomically write `data` as indented JSON with a trailing newline."""
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    atomic_write(Path(path), lambda f: f.write(text.encode()))
-
-
-def read_json(path: Path, what: str = "file") -> Any:
-    """Parse a JSON file; an unreadable one is a one-line ConfigError naming it."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
-
-
-def _unlink_quietly(path: str | Path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:
@@ -381,5 +313,5 @@ def list_evaluations(run_dir: Path) -> List[Evaluation]:
 
 
 __all__ = ["CONFIG_FILE", "RUN_INFO_FILE", "METRICS_FILE", "CHECKPOINT_DIR", "LOCK_FILE", "RunDirectory",
-           "atomic_write", "write_json", "read_json", "file_sha256", "checkpoint_path", "check_run_target",
+           "checkpoint_path", "check_run_target",
            "eval_file_name", "eval_command", "Evaluation", "evaluation_status", "list_evaluations"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -20,6 +19,8 @@ from typing import TYPE_CHECKING, List, Optional
 import torch
 
 from l2l_app import image_sources
+from l2l_app.errors import CheckpointError
+from l2l_app.fileio import atomic_write
 from l2l_app.image_sources import one_line
 
 if TYPE_CHECKING:
@@ -98,19 +99,13 @@ def write_cache(data: "SplitData", spec: "DatasetSpec", split: str, key: str, ro
     for d in cache_dirs(root):
         if not _dir_writable(d):
             continue
-        tmp = None
         try:
             d.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=d)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
             target = d / _cache_name(spec, split, key)
-            os.replace(tmp, target)
+            atomic_write(target, lambda f: torch.save(payload, f))
             return target
-        except OSError:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
+        except (OSError, CheckpointError):
+            continue
     warnings.warn(f"could not write a cache for the {spec.name} {split} split (no writable folder among "
                   f"{', '.join(map(str, cache_dirs(root)))}); set L2L_APP_CACHE_DIR", stacklevel=3)
     return None

@@ -26,9 +26,9 @@ from .datasets import DATASETS, SplitData, check_disjoint, load_split
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
 from .progress import Progress
+from .fileio import file_sha256, write_json
 from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, TENSORBOARD_DIR, RunDirectory,
-                     check_run_target, checkpoint_path, eval_file_name, file_sha256, list_evaluations,
-                     write_json)
+                     check_run_target, checkpoint_path, eval_file_name, list_evaluations)
 from .samplers import build_task_source
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
