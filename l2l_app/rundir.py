@@ -267,7 +267,7 @@ class Evaluation:
     """One eval-*.json of a run, with whether its checkpoint has changed since."""
     path: Path
     result: Dict[str, Any]
-    status: str  # 'current' | 'stale' (checkpoint changed or gone) | 'unverified' (no hash recorded)
+    status: str  # 'current' | 'stale' (checkpoint changed) | 'unverified' (no hash recorded, or no checkpoint)
     reason: str
     refresh: str
 
@@ -281,14 +281,20 @@ class Evaluation:
 
 
 def evaluation_status(run_dir: Path, protocol: Dict[str, Any]) -> tuple[str, str]:
-    """('current' | 'stale' | 'unverified', reason) of an evaluation's checkpoint."""
+    """('current' | 'stale' | 'unverified', reason) of an evaluation's checkpoint.
+
+    Stale: the checkpoint's bytes differ from those evaluated.  Unverified: nothing to compare
+    (an older eval file without a hash, or a copy of a run without its checkpoints, such as the
+    records committed under benchmarks/results/runs/).
+    """
     recorded = protocol.get("checkpoint_sha256")
     name = protocol.get("checkpoint_name")
     if not recorded or not name:
         return "unverified", "written by an older l2l-app: no checkpoint hash recorded"
     path = checkpoint_path(run_dir, name)
     if not path.is_file():
-        return "stale", f"{CHECKPOINT_DIR}/{name}.pt no longer exists"
+        return "unverified", (f"{CHECKPOINT_DIR}/{name}.pt is not here (run records kept without their "
+                              f"checkpoints?), so the evaluation cannot be checked against it")
     if file_sha256(path) != recorded:
         step = protocol.get("checkpoint_step")
         return "stale", (f"{CHECKPOINT_DIR}/{name}.pt has changed since this evaluation "

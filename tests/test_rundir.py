@@ -311,3 +311,11 @@ def test_eval_refuses_other_ways_for_a_fixed_output_layer(synthetic_data_root, t
     msg = one_line_error(code, err)
     assert "this maml model has a 5-way output layer; evaluate with --ways 5" in msg
     assert not list(run.glob("eval-*.json"))
+
+
+def test_run_records_without_checkpoints_are_unverified_not_stale(trained):
+    for ckpt in (trained / "checkpoints").iterdir():
+        ckpt.unlink()
+    evaluations = rundir.list_evaluations(trained)
+    assert [e.status for e in evaluations] == ["unverified"]
+    assert "checkpoints/best.pt is not here" in evaluations[0].reason
