@@ -472,10 +472,6 @@ def load_json(path: Path) -> ExperimentConfig:
         raise ConfigError(f"cannot read config {path}: {exc}") from None
 
 
-def dump_json(config: ExperimentConfig, path: Path) -> None:
-    Path(path).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-
-
 def _parse_settings(path: Path) -> Any:
     """The parsed content of a .toml or .json file, or a one-line ConfigError."""
     kind = path.suffix.lower()

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import ExperimentConfig, load_json, resolve
+from .config import ExperimentConfig
 from .errors import ConfigError
+from .fileio import read_json
 from .recipes import Recipe, find_published, load_recipe
-from .rundir import (CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, Evaluation, eval_command, is_run_dir,
-                     list_evaluations, read_json)
+from .rundir import METRICS_FILE, RUN_INFO_FILE, Evaluation, eval_command, list_evaluations, load_config
 
 #: run.json's "accuracy_unit" when metrics.jsonl holds training accuracy in %; older runs hold fractions
 PERCENT = "%"
@@ -215,10 +215,7 @@ def load_run_record(run_dir: Path | str) -> RunRecord:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a directory; pass run directories written by `l2l-app train --out`")
-    if not is_run_dir(run_dir):
-        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); pass the --out directory "
-                          f"of `l2l-app train`")
-    config = resolve(load_json(run_dir / CONFIG_FILE))
+    config = load_config(run_dir)
     run_info: Dict[str, Any] = {}
     notes: List[str] = []
     if (run_dir / RUN_INFO_FILE).is_file():

@@ -29,8 +29,9 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
+from .config import ExperimentConfig, load_json, resolve
 from .errors import ConfigError
 from .fileio import file_sha256, read_json
 
@@ -50,6 +51,14 @@ def checkpoint_path(run_dir: Path, name: str) -> Path:
 
 def is_run_dir(path: Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
+
+
+def load_config(run_dir: Path) -> ExperimentConfig:
+    """The resolved config of an existing run directory (one-line ConfigError if it is not one)."""
+    if not is_run_dir(run_dir):
+        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
+                          f"pass the --out directory of `l2l-app train`")
+    return resolve(load_json(Path(run_dir) / CONFIG_FILE))
 
 
 # ------------------------------------------------------------------------------ locking

@@ -21,14 +21,14 @@ import torch
 
 from . import registry, runtime
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import ExperimentConfig, load_json, resolve, validate, with_overrides
+from .config import SPLITS, ExperimentConfig, resolve, validate, with_overrides
 from .datasets import DATASETS, SplitData, check_disjoint, load_split
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
 from .progress import Progress
-from .fileio import file_sha256, write_json
+from .fileio import file_sha256, read_json, write_json
 from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, TENSORBOARD_DIR, RunDirectory,
-                     check_run_target, checkpoint_path, eval_file_name, list_evaluations)
+                     check_run_target, checkpoint_path, eval_file_name, list_evaluations, load_config)
 from .samplers import build_task_source
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
@@ -287,7 +287,7 @@ class Trainer:
         """
         path = self.files.file(METRICS_FILE)
         info_path = self.files.file(RUN_INFO_FILE)
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info = read_json(info_path, "run info") if info_path.is_file() else {}
         to_percent = info.get("accuracy_unit") != ACCURACY_UNIT
         kept = []
         if path.exists():
@@ -445,7 +445,7 @@ def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
     A flag that repeats the run's own value is accepted (it changes nothing).
     """
     check_run_target(Path(run_dir), "resume")
-    saved = resolve(load_run(run_dir))
+    saved = load_config(run_dir)
     current = saved.flat()
     changed = [name for name, value in overrides.items() if name not in current or current[name] != value]
     fixed = [name for name in changed if name not in RESUME_CHANGEABLE]
@@ -456,18 +456,6 @@ def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"cannot change --{name.replace('_', '-')} when resuming (the run has {was!r}); "
                           f"only {allowed} may change; start a new run with --out for other settings")
     return with_overrides(saved, {name: overrides[name] for name in changed})
-
-
-def load_run(run_dir: Path) -> ExperimentConfig:
-    """The config of an existing run directory."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
-                          f"pass the --out directory of `l2l-app train`")
-    return load_json(path)
-
-
-SPLITS = ("train", "val", "test")
 
 
 def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None,
@@ -482,7 +470,7 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     change of the checkpoint marks the result stale.
     """
     run_dir = Path(run_dir)
-    trained = resolve(load_run(run_dir))
+    trained = load_config(run_dir)
     shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
     if ways is not None and ways != trained.task.ways and trained.algorithm.algo != "protonet":
         raise ConfigError(f"--ways {ways}: this {trained.algorithm.algo} model has a "
@@ -519,5 +507,5 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     return result
 
 
-__all__ = ["Trainer", "TrainSummary", "evaluate_run", "load_run", "NonFiniteLossError", "Interrupted",
+__all__ = ["Trainer", "TrainSummary", "evaluate_run", "NonFiniteLossError", "Interrupted",
            "SplitData"]
