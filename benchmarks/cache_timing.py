@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from l2l_app.datasets import DATASETS, load_split, load_splits  # noqa: E402
+from l2l_app.data import dataset_spec, load_split, load_splits  # noqa: E402
 from l2l_app.runtime import environment  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="l2l_cache_timing_"))
     try:
         root = work / "omniglot"
-        shutil.copytree(DATASETS["omniglot"].default_root, root, ignore=shutil.ignore_patterns(".cache"))
+        shutil.copytree(dataset_spec("omniglot").default_root, root, ignore=shutil.ignore_patterns(".cache"))
         os.environ["L2L_APP_CACHE_DIR"] = str(work / "fallback-cache")
         start = time.perf_counter()
         cold = load_splits("omniglot", data_root=root, progress=False)

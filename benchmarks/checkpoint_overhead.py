@@ -65,7 +65,7 @@ def measure(recipe: str, steps: int, saves: int, device: str) -> dict:
         params = sum(p.numel() for p in trainer.model.parameters())
     step_ms, save_ms = 1000 * statistics.median(step_s), 1000 * statistics.median(save_s)
     return {
-        "recipe": recipe, "algo": c.algorithm.algo, "backbone": c.model.backbone, "hidden": c.model.hidden,
+        "recipe": recipe, "algo": c.algo, "backbone": c.model.backbone, "hidden": c.model.hidden,
         "engine": trainer.engine, "sampler": trainer.sampler, "device": str(trainer.device),
         "episode": f"{c.train_ways}-way {c.train_shots}-shot {c.train_queries}-query x {c.optim.meta_batch} tasks",
         "parameters": params, "checkpoint_bytes": size,

@@ -2,7 +2,8 @@
 
     python benchmarks/engine_parity.py --device cuda --out benchmarks/results/engine_parity-h200.json
 
-For MAML (1 and 3 inner steps, second and first order), Reptile (Adam) and ProtoNet on
+For MAML (1 and 3 inner steps, second and first order), Reptile (SGD) and every other registered
+algorithm with a batched engine (its default settings), on
 Omniglot-shaped episodes (5-way 1-shot 15 queries, 8 tasks, Conv4 with 64 filters), it
 reports the relative L2 difference of the meta-gradients in float64, in float32 with TF32
 off, and in float32 with TF32 on (CUDA only).  The tests assert the CPU figures; this
@@ -20,23 +21,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from l2l_app.algorithms.maml import MAML  # noqa: E402
-from l2l_app.algorithms.protonet import ProtoNet  # noqa: E402
-from l2l_app.algorithms.reptile import Reptile  # noqa: E402
+import l2l_app.config  # noqa: E402,F401  (registers every algorithm)
 from l2l_app.backbones import Classifier, Conv4  # noqa: E402
-from l2l_app.batched import BatchedMAML, BatchedProtoNet, BatchedReptile  # noqa: E402
+from l2l_app.data.types import EpisodeBatch  # noqa: E402
+from l2l_app.registry import ALGORITHMS  # noqa: E402
 from l2l_app.runtime import environment, set_tf32  # noqa: E402
-from l2l_app.tasks import EpisodeBatch  # noqa: E402
 
-CASES = {
-    "maml-1step-2nd": (MAML, BatchedMAML, dict(inner_lr=0.4, inner_steps=1, first_order=False)),
-    "maml-3step-2nd": (MAML, BatchedMAML, dict(inner_lr=0.4, inner_steps=3, first_order=False)),
-    "maml-1step-1st": (MAML, BatchedMAML, dict(inner_lr=0.4, inner_steps=1, first_order=True)),
-    "maml-3step-1st": (MAML, BatchedMAML, dict(inner_lr=0.4, inner_steps=3, first_order=True)),
-    "reptile-sgd-5step": (Reptile, BatchedReptile, dict(inner_lr=0.1, inner_steps=5, inner_batch=10,
-                                                        inner_optimizer="sgd")),
-    "protonet": (ProtoNet, BatchedProtoNet, {}),
+#: named variants worth their own row (algorithm, settings); every other registered algorithm with a
+#: batched engine gets one row with its default settings
+VARIANTS = {
+    "maml-1step-2nd": ("maml", dict(inner_lr=0.4, inner_steps=1, first_order=False)),
+    "maml-3step-2nd": ("maml", dict(inner_lr=0.4, inner_steps=3, first_order=False)),
+    "maml-1step-1st": ("maml", dict(inner_lr=0.4, inner_steps=1, first_order=True)),
+    "maml-3step-1st": ("maml", dict(inner_lr=0.4, inner_steps=3, first_order=True)),
+    "reptile-sgd-5step": ("reptile", dict(inner_lr=0.1, inner_steps=5, inner_batch=10, inner_optimizer="sgd")),
 }
+CASES = {**VARIANTS, **{name: (name, {}) for name, spec in ALGORITHMS.items()
+                        if spec.batched is not None and not any(a == name for a, _ in VARIANTS.values())}}
+#: shots per class of the episodes: 10 where the algorithm draws inner mini-batches of 10
+SHOTS = {name: 10 if "inner_batch" in spec.setting_names() else 1 for name, spec in ALGORITHMS.items()}
 
 
 def episodes(tasks: int, ways: int, shots: int, queries: int, device, dtype, seed: int = 0) -> EpisodeBatch:
@@ -50,7 +53,7 @@ def episodes(tasks: int, ways: int, shots: int, queries: int, device, dtype, see
 
 def grads(learner, batch) -> torch.Tensor:
     learner.meta_step(batch)
-    return torch.cat([p.grad.flatten() for p in learner.model.parameters()])
+    return torch.cat([p.grad.flatten() for p in learner.meta_parameters()])
 
 
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -58,16 +61,17 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def compare(name: str, device: torch.device, dtype: torch.dtype, tf32: bool) -> float:
-    loop_cls, batched_cls, kwargs = CASES[name]
+    algo, changes = CASES[name]
+    spec = ALGORITHMS[algo]
+    settings = spec.settings(**changes)
     torch.manual_seed(0)
-    model = Conv4() if loop_cls is ProtoNet else Classifier(Conv4(), 5)
+    model = Classifier(Conv4(), 5) if spec.head else Conv4()
     model = model.to(device, dtype)
-    shots = 10 if loop_cls is Reptile else 1
-    batch = episodes(8, 5, shots, 15, device, dtype)
+    batch = episodes(8, 5, SHOTS[algo], 15, device, dtype)
     set_tf32(tf32)
     try:
-        reference = grads(loop_cls(copy.deepcopy(model), **kwargs), batch)
-        batched = grads(batched_cls(copy.deepcopy(model), **kwargs), batch)
+        reference = grads(spec.loop(copy.deepcopy(model), settings), batch)
+        batched = grads(spec.batched(copy.deepcopy(model), settings), batch)
     finally:
         set_tf32(False)
     return relative_l2(batched, reference)
@@ -90,7 +94,7 @@ def main() -> None:
             print(f"{name:20s} {label:18s} {diff:.3e}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": environment(), "device": str(device),
-                                    "episodes": "5-way 1-shot (Reptile: 10-shot) 15 queries, 8 tasks, Conv4-64",
+                                    "episodes": "5-way 1-shot (10-shot where inner mini-batches are drawn) 15 queries, 8 tasks, Conv4-64",
                                     "rows": rows}, indent=2) + "\n")
 
 

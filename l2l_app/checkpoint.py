@@ -45,3 +45,18 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first[:120]}); "
                               f"use the other checkpoint in the run directory or retrain") from None
+
+
+def learner_state(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The learner's state (`MetaLearner.state_dict()`) from a training checkpoint.
+
+    Checkpoints before the learner owned its state kept the model's weights beside it, under
+    "model", and the learner's extra state (Reptile's generator) under "learner".
+    """
+    learner = dict(state.get("learner") or {})
+    if "model" not in learner:
+        if "model" not in state:
+            raise CheckpointError("checkpoint holds no model weights (neither learner.model nor model); "
+                                  "it was not written by l2l-app train")
+        learner["model"] = state["model"]
+    return learner

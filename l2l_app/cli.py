@@ -15,9 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
-from .config import (ALGO_ALIASES, ALGORITHMS, APPLIES_TO, BACKBONES, BOOL_FLAGS, DATASET_NAMES, DEFAULT_INNER_LR,
-                     DEFAULTS, ENGINES, INNER_OPTIMIZERS, SAMPLERS, SPLITS, Limit, flag, limit_error, not_one_of)
+from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FIELD_TYPES, SAMPLERS, SPLITS,
+                     algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
 from .errors import L2LAppError
+from .registry import ALGORITHMS, BACKBONES, DATASETS
+from .settings import Limit
 
 
 class Choices(click.Choice):
@@ -71,9 +73,6 @@ DERIVED_DEFAULTS: Dict[str, str] = {
     "train_ways": "--ways",
     "train_shots": "--shots",
     "train_queries": "--queries",
-    "inner_lr": ", ".join(f"{a} {DEFAULT_INNER_LR[a]:g}" for a in APPLIES_TO["inner_lr"]),
-    "test_inner_steps": "--inner-steps",
-    "meta_lr_final": "0",
     "grad_clip": "no clipping",
     "lr_decay_every": "no decay",
     "chunk_size": "the whole meta-batch (or what --max-memory allows)",
@@ -83,8 +82,22 @@ DERIVED_DEFAULTS: Dict[str, str] = {
 }
 
 
+def _shown_value(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return flag(name, value).lstrip("-")
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def shown_default(name: str) -> str:
-    """The default of setting `name` as --help shows it, from the ExperimentConfig defaults."""
+    """The default of setting `name` as --help shows it: the ExperimentConfig default, or for an
+    algorithm's setting its algorithms' defaults ('maml 0.4, reptile 0.001' when they differ)."""
+    if is_algorithm_setting(name):
+        info = algorithm_setting(name)
+        shown = {algo: info["meta"][algo]["shown_default"] if value is None else _shown_value(name, value)
+                 for algo, value in info["defaults"].items()}
+        if len(set(shown.values())) == 1:
+            return next(iter(shown.values()))
+        return ", ".join(f"{algo} {text}" for algo, text in shown.items())
     value = DEFAULTS[name]
     if value is None:
         return DERIVED_DEFAULTS[name]
@@ -96,9 +109,22 @@ def shown_default(name: str) -> str:
 # (flat config name, click type or None for an on/off flag of BOOL_FLAGS, help), by --help section,
 # in the README's groups.  Every option defaults to None: only the flags the user gave override.
 Spec = Tuple[str, Any, str]
+
+
+def _algorithm_spec(name: str) -> Spec:
+    """The option of an algorithm's setting, from what its algorithms declare (`settings.setting`)."""
+    info = algorithm_setting(name)
+    choices = next((m["choices"] for m in info["meta"].values() if m["choices"]), None)
+    kind = FIELD_TYPES[name]
+    typ = None if kind is bool else Choices(choices) if choices else kind
+    return name, typ, info["help"]
+
+
+#: every registered algorithm's settings, in registration order (shared names once)
+ALGORITHM_SPECS: List[Spec] = [_algorithm_spec(name) for name in APPLIES_TO if is_algorithm_setting(name)]
 TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
     ("Data", [
-        ("dataset", Choices(DATASET_NAMES), "dataset"),
+        ("dataset", Choices(DATASETS.names()), "dataset"),
         ("data_root", str, "dataset folder (zips or extracted folders)"),
         ("sampler", Choices(SAMPLERS), "episode sampler: l2l (learn2learn TaskDataset) or tensor (on-device); "
                                        "auto: tensor for the batched engine"),
@@ -113,21 +139,12 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("train_queries", int, "query images per class in training"),
     ]),
     ("Model", [
-        ("backbone", Choices(BACKBONES), "embedding network"),
+        ("backbone", Choices(BACKBONES.names()), "embedding network"),
         ("hidden", int, "filters per conv layer"),
     ]),
-    ("MAML / Reptile", [
-        ("inner_lr", float, "inner-loop learning rate"),
-        ("inner_steps", int, "inner-loop steps in training"),
-        ("test_inner_steps", int, "inner-loop steps at evaluation"),
-        ("first_order", None, "first-order approximation, i.e. FOMAML"),
-        ("inner_batch", int, "inner mini-batch size"),
-        ("inner_optimizer", Choices(INNER_OPTIMIZERS), "inner optimiser (adam: beta1 = 0)"),
-        ("transductive", None, "batch-norm statistics over all queries at once"),
-    ]),
+    ("Algorithm settings", ALGORITHM_SPECS),
     ("Meta-optimiser", [
         ("meta_lr", float, "meta learning rate (Adam; Reptile's initial epsilon)"),
-        ("meta_lr_final", float, "final epsilon (linear annealing)"),
         ("meta_batch", int, "tasks per meta-step"),
         ("iterations", int, "meta-steps"),
         ("grad_clip", float, "clip the meta-gradient norm"),
@@ -155,8 +172,9 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
     ]),
 ]
 #: --algo: the algorithms and their aliases (fomaml = maml --first-order)
-ALGO_SPEC: Spec = ("algo", Choices(ALGORITHMS + tuple(ALGO_ALIASES)),
-                   "algorithm; " + ", ".join(f"{alias} = {meaning}" for alias, (_, _, meaning) in ALGO_ALIASES.items()))
+ALGO_SPEC: Spec = ("algo", Choices(tuple(ALGORITHMS.names()) + tuple(ALGO_ALIASES)),
+                   "algorithm: " + "; ".join(f"{name} = {spec.summary}" for name, spec in ALGORITHMS.items())
+                   + "".join(f"; {alias} = {meaning}" for alias, (_, _, meaning) in ALGO_ALIASES.items()))
 CONFIG_HELP = ("TOML or JSON file of settings: flat names as the flags use (inner_lr = 0.4) or the groups of a "
                "run's config.json, which starts a run that reproduces it.  Precedence: defaults < recipe < "
                "this file < flags.  A `recipe` in the file works like --recipe (if both are given they must "
@@ -176,6 +194,13 @@ def _spec_option(spec: Spec, section: str) -> Callable:
     kwargs = {} if typ is None else {"type": typ}
     return click.option(*decls, name, default=None, help=help_text, cls=SectionedOption, section=section,
                         shown_default=shown_default(name), **kwargs)
+
+
+def algorithm_options(fn: Callable) -> Callable:
+    """Every registered algorithm's settings as options of `fn` (default None: the algorithm's own)."""
+    for spec in reversed(ALGORITHM_SPECS):
+        fn = _spec_option(spec, "Algorithm settings")(fn)
+    return fn
 
 
 def train_options(fn: Callable) -> Callable:
@@ -236,7 +261,7 @@ def _check_numbers(checks: List[Optional[str]]) -> None:
 @click.group(cls=OneLineErrors)
 @click.version_option(package_name="l2l_app")
 def cli() -> None:
-    """Few-shot image classification (ProtoNet, MAML, Reptile) on learn2learn."""
+    """Few-shot image classification by meta-learning (`l2l-app train --help` lists the algorithms)."""
 
 
 @cli.command(cls=SectionedCommand)
@@ -348,19 +373,17 @@ def recipes(as_json) -> None:
 
 
 @cli.command()
-@click.option("--algo", type=Choices(ALGORITHMS), default="maml", show_default=True, help="algorithm")
-@click.option("--dataset", type=Choices(DATASET_NAMES), default="omniglot", show_default=True,
+@click.option("--algo", type=ALGO_SPEC[1], default="maml", show_default=True, help=ALGO_SPEC[2])
+@click.option("--dataset", type=Choices(DATASETS.names()), default="omniglot", show_default=True,
               help="dataset (train split)")
 @click.option("--data-root", default=None, help="dataset folder (default: bundled Omniglot)")
 @click.option("--ways", type=int, default=5, show_default=True)
 @click.option("--shots", type=int, default=1, show_default=True)
 @click.option("--queries", type=int, default=15, show_default=True)
 @click.option("--meta-batch", type=int, default=32, show_default=True, help="tasks per meta-step")
-@click.option("--inner-steps", type=int, default=1, show_default=True)
-@click.option("--inner-lr", type=float, default=None, help="default: the config default")
-@click.option("--first-order/--second-order", default=False, help="FOMAML instead of MAML")
+@algorithm_options
 @click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
-@click.option("--backbone", type=Choices(BACKBONES), default="conv4", show_default=True)
+@click.option("--backbone", type=Choices(BACKBONES.names()), default="conv4", show_default=True)
 @click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
               help="comma-separated: loop | torchmeta | batched | batched-compiled")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -374,11 +397,19 @@ def recipes(as_json) -> None:
 @click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
-def bench(out, impls, sweeps, **settings) -> None:
-    """Time one meta-training step of each implementation on the same weights and episodes."""
+def bench(out, impls, sweeps, algo, **settings) -> None:
+    """Time one meta-training step of each implementation on the same weights and episodes.
+
+    The workload is set like a training run's (the algorithm's own settings included).
+    """
     from .bench import BenchSettings, parse_impls, parse_sweep, run_bench
+    from .config import expand_algo_alias
     _check_numbers([limit.error(settings[option.lstrip("-")], option) for option, limit in BENCH_LIMITS.items()])
-    s = BenchSettings(impls=parse_impls(impls), sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
+    own = expand_algo_alias({"algo": algo, **{name: settings.pop(name) for name in list(settings)
+                                               if is_algorithm_setting(name) and settings[name] is not None}})
+    settings = {k: v for k, v in settings.items() if not is_algorithm_setting(k)}
+    s = BenchSettings(algo=own.pop("algo"), algorithm=own, impls=parse_impls(impls),
+                      sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
     result = run_bench(s, out)
     for r in result["results"]:
         if r.get("status") == "ok":

@@ -1,121 +1,51 @@
 """Typed experiment configuration: frozen dataclasses, recipes, config files, overrides, validation.
 
-Every setting has one flat name (the CLI flag without dashes, e.g. ``inner_lr`` for
-``--inner-lr``), unique across the groups, so a recipe, a flag, a config file and config.json
-all speak the same language.  `validate()` checks everything at once and names the flag;
-`compose()` builds a new run's config (defaults < recipe < config file < flags) and refuses
-settings the chosen algorithm does not use; `resolve()` fills in every derived value (what
-config.json records).
+An `ExperimentConfig` nests one dataclass per component: data, task (episode shapes), model,
+the algorithm's own settings (the `AlgorithmSettings` subclass its module registers: only
+its fields), the meta-optimiser, the run and the evaluation.  Every setting also has one flat
+name (the CLI flag without dashes, e.g. ``inner_lr`` for ``--inner-lr``), so a recipe, a flag,
+a config file and config.json all speak the same language; two algorithms that use a setting
+of the same name share it.  This module reads `registry.ALGORITHMS`, `BACKBONES` and
+`DATASETS` and names no algorithm, backbone or dataset.
+
+`validate()` checks everything at once and names the flag; `compose()` builds a new run's
+config (defaults < recipe < config file < flags) and refuses settings the chosen algorithm
+does not use; `resolve()` fills in every derived value (what config.json records).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import json
-import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
+from . import algorithms as _algorithms, backbones as _backbones, data as _data  # noqa: F401  (they register)
 from .errors import ConfigError
+from .learner import AlgorithmSettings, AlgorithmSpec
+from .registry import ALGORITHMS, BACKBONES, DATASETS
+from .settings import FLOAT32_MAX, RATE, Limit, meta
 
-ALGORITHMS = ("protonet", "maml", "reptile")
-#: other names --algo accepts: alias -> (algorithm, the settings it implies, what it is)
-ALGO_ALIASES: Dict[str, Tuple[str, Dict[str, Any], str]] = {
-    "fomaml": ("maml", {"first_order": True}, "first-order MAML"),
-}
-#: inner learning rate when --inner-lr is not given: MAML Omniglot's SGD step (Finn et al.),
-#: Reptile's inner Adam (Nichol et al.)
-DEFAULT_INNER_LR = {"maml": 0.4, "reptile": 1e-3, "protonet": 0.0}
-DATASET_NAMES = ("omniglot", "miniimagenet")  # datasets.DATASETS (not imported here: it pulls in torch)
+#: --algo when none is given
+DEFAULT_ALGORITHM = "protonet"
 ENGINES = ("auto", "loop", "batched")
 SAMPLERS = ("auto", "l2l", "tensor")
-INNER_OPTIMIZERS = ("adam", "sgd")
-BACKBONES = ("conv4", "conv4-strided")
 SPLITS = ("train", "val", "test")
 
-#: The algorithm-specific settings and the algorithms that use them; every other setting applies
-#: to all.  From registry.learner_kwargs (ProtoNet takes nothing; MAML: inner_lr, inner_steps,
-#: test_inner_steps, first_order; Reptile: inner_lr, inner_steps, test_inner_steps, inner_batch,
-#: inner_optimizer, transductive), registry.build_optimizer (Reptile: SGD on epsilon annealed
-#: from meta_lr to meta_lr_final; MAML/ProtoNet: Adam with the optional lr_decay_every/lr_decay
-#: step schedule) and trainer.eval_protocol (batch norm is transductive except Reptile's option).
-APPLIES_TO: Dict[str, Tuple[str, ...]] = {
-    "inner_lr": ("maml", "reptile"),
-    "inner_steps": ("maml", "reptile"),
-    "test_inner_steps": ("maml", "reptile"),
-    "first_order": ("maml",),
-    "inner_batch": ("reptile",),
-    "inner_optimizer": ("reptile",),
-    "meta_lr_final": ("reptile",),
-    "transductive": ("reptile",),
-    "lr_decay": ("maml", "protonet"),
-    "lr_decay_every": ("maml", "protonet"),
-}
 #: settings of the batched engine only (the loop engine ignores them)
 BATCHED_ONLY = ("chunk_size", "max_memory", "compile")
 
-#: the on/off flags of the boolean settings
-BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
+#: the on/off flags of the boolean settings of the shared groups (an algorithm's own booleans
+#: declare theirs with `setting(flags=...)`)
+_SHARED_BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
     "skip_bad_images": ("--skip-bad-images", "--no-skip-bad-images"),
-    "first_order": ("--first-order", "--second-order"),
-    "transductive": ("--transductive", "--no-transductive"),
     "compile": ("--compile", "--no-compile"),
     "tf32": ("--tf32", "--no-tf32"),
     "skip_nonfinite": ("--skip-nonfinite", "--stop-nonfinite"),
     "tensorboard": ("--tensorboard", "--no-tensorboard"),
 }
-
-
-@dataclass(frozen=True)
-class Limit:
-    """The accepted range of a numeric setting: low..high, low excluded when `open_low`.
-
-    `why` explains the upper bound; the message of a value above it says it.
-    """
-
-    low: float
-    high: float
-    integer: bool = True
-    open_low: bool = False
-    why: str = ""
-
-    def error(self, value: Any, option: str) -> Optional[str]:
-        """Why `value` of `option` is outside this range (None when it is None or inside)."""
-        if value is None:
-            return None
-        above = f" ({self.why})" if self.why else ""
-        if self.integer:
-            if isinstance(value, bool) or not isinstance(value, int):
-                return f"{option} must be a whole number, got {_shown(value)}"
-            if value < self.low:
-                return f"{option} must be >= {_number(self.low)}, got {_shown(value)}"
-            if value > self.high:
-                return f"{option} must be <= {_number(self.high)}{above}, got {_shown(value)}"
-            return None
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if number and (value > self.low if self.open_low else value >= self.low) and value <= self.high:
-            return None
-        kind = ("a positive number" if self.open_low else "a non-negative number") if self.low == 0 else \
-            f"a number {'>' if self.open_low else '>='} {_number(self.low)}"
-        why = above if number and value > self.high else ""
-        return f"{option} must be {kind} up to {_number(self.high)}{why}, got {_shown(value)}"
-
-
-def _shown(value: Any) -> str:
-    """repr(value), with a huge integer cut short."""
-    text = repr(value)
-    if isinstance(value, int) and len(text) > 24:
-        return f"{text[:8]}... (a {len(text.lstrip('-'))}-digit number)"
-    return text
-
-
-def _number(x: float) -> str:
-    """1000.0 -> '1000', 3.4e38 -> '3.40282e+38', ints as they are."""
-    if isinstance(x, int):
-        return str(x)
-    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 MAX_SEED = 2**63 - 1
@@ -130,11 +60,8 @@ _CLASSES = Limit(2, 100_000, why="more classes than any few-shot dataset has")
 _IMAGES = Limit(1, 100_000, why="more images per class than any few-shot dataset has")
 # Inner loops: each step is a forward and backward pass per task and second-order MAML keeps all
 # of them for the meta-gradient; the papers use 1 to 50.
-_INNER_STEPS = Limit(0, 10_000, why="the papers use 1 to 50 steps; each costs a forward and backward pass")
 # Rates and norms multiply float32 weights and gradients: above float32's largest value they are
 # inf.  Huge finite rates stay allowed: they diverge, which the NaN guard reports (exit 1).
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
-_RATE = Limit(0.0, FLOAT32_MAX, integer=False, open_low=True, why="the largest float32")
 _MINUTES = Limit(0.0, 525_600.0, integer=False, why="a year")
 
 LIMITS: Dict[str, Limit] = {
@@ -148,9 +75,6 @@ LIMITS: Dict[str, Limit] = {
     "train_queries": _IMAGES,
     # 1024 filters per layer is ~28M weights, 250x the papers' 64; the batched engine copies them per task
     "hidden": Limit(1, 1024, why="the papers use 32 or 64 filters; 1024 already means ~28M weights"),
-    "inner_steps": _INNER_STEPS,
-    "test_inner_steps": _INNER_STEPS,
-    "inner_batch": Limit(1, 100_000, why="more than any support set holds"),
     # tasks per step: the batched engine holds every task's activations at once
     "meta_batch": Limit(1, 100_000, why="the papers use 1 to 32 tasks; each costs its own inner loop"),
     "chunk_size": Limit(1, 100_000, why="a chunk never holds more than --meta-batch tasks"),
@@ -162,9 +86,7 @@ LIMITS: Dict[str, Limit] = {
     # the 95% CI over 10^6 episodes is below 0.1 points: more episodes only cost time
     "val_episodes": Limit(1, 1_000_000, why="the 95% CI is already below 0.1 points"),
     "episodes": Limit(1, 1_000_000, why="the 95% CI is already below 0.1 points"),
-    "inner_lr": _RATE,
-    "meta_lr": _RATE,
-    "meta_lr_final": Limit(0.0, FLOAT32_MAX, integer=False, why="the largest float32"),
+    "meta_lr": RATE,
     "grad_clip": Limit(0.0, FLOAT32_MAX, integer=False, open_low=True, why="the largest float32"),
     "lr_decay": Limit(0.0, 1.0, integer=False, open_low=True, why="a factor above 1 would grow the rate"),
     "max_memory": Limit(0.0, 2.0**20, integer=False, open_low=True, why="1 PiB, more than any device has"),
@@ -199,22 +121,8 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class AlgorithmConfig:
-    """None in a resolved config: the setting does not apply to `algo` (see APPLIES_TO)."""
-    algo: str = "protonet"
-    inner_lr: Optional[float] = None  # None: DEFAULT_INNER_LR of the algorithm
-    inner_steps: Optional[int] = 1
-    test_inner_steps: Optional[int] = None  # None: inner_steps
-    first_order: Optional[bool] = False
-    inner_batch: Optional[int] = 10
-    inner_optimizer: Optional[str] = "adam"
-    transductive: Optional[bool] = True
-
-
-@dataclass(frozen=True)
 class OptimConfig:
     meta_lr: float = 1e-3
-    meta_lr_final: Optional[float] = None  # None: 0 (Reptile)
     meta_batch: int = 1
     iterations: int = 1000
     grad_clip: Optional[float] = None
@@ -250,18 +158,38 @@ class EvalConfig:
     eval_seed: int = 1234
 
 
+def _default_settings() -> AlgorithmSettings:
+    return ALGORITHMS[DEFAULT_ALGORITHM].settings()
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    #: the chosen algorithm's own settings (its registered `AlgorithmSettings` subclass)
+    algorithm: AlgorithmSettings = field(default_factory=_default_settings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     recipe: Optional[str] = None
 
     # ---- derived settings -------------------------------------------------
+    @property
+    def algo(self) -> str:
+        """The registered name of the algorithm whose settings `algorithm` holds."""
+        return algorithm_of(self.algorithm).name
+
+    @property
+    def spec(self) -> AlgorithmSpec:
+        return algorithm_of(self.algorithm)
+
+    @property
+    def algo_label(self) -> str:
+        """The algorithm's name, or the alias its settings amount to ('fomaml' for maml --first-order)."""
+        return next((alias for alias, a in self.spec.aliases.items()
+                     if all(getattr(self.algorithm, k) == v for k, v in a.implies.items())), self.algo)
+
     @property
     def train_ways(self) -> int:
         return self.task.train_ways or self.task.ways
@@ -274,41 +202,94 @@ class ExperimentConfig:
     def train_queries(self) -> int:
         return self.task.train_queries or self.task.queries
 
-    @property
-    def inner_lr(self) -> float:
-        a = self.algorithm
-        return DEFAULT_INNER_LR.get(a.algo, 0.0) if a.inner_lr is None else a.inner_lr
-
-    @property
-    def test_inner_steps(self) -> Optional[int]:
-        a = self.algorithm
-        return a.inner_steps if a.test_inner_steps is None else a.test_inner_steps
-
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested by component (config.json); the algorithm's group holds `algo` and its own fields."""
+        out: Dict[str, Any] = {}
+        for group in GROUPS:
+            out[group] = ({"algo": self.algo, **dataclasses.asdict(self.algorithm)} if group == "algorithm"
+                          else dataclasses.asdict(getattr(self, group)))
+        out["recipe"] = self.recipe
+        return out
 
     def flat(self) -> Dict[str, Any]:
         """{flat_name: value} over every group (the names flags and recipes use)."""
         out: Dict[str, Any] = {}
-        for group in GROUPS:
-            out.update(dataclasses.asdict(getattr(self, group)))
+        for values in self.to_dict().values():
+            if isinstance(values, dict):
+                out.update(values)
         return out
 
 
-_GROUP_CLASSES = {"data": DataConfig, "task": TaskConfig, "model": ModelConfig,
-                  "algorithm": AlgorithmConfig, "optim": OptimConfig, "run": RunConfig,
-                  "eval": EvalConfig}
-GROUPS = tuple(_GROUP_CLASSES)
-FIELD_GROUP: Dict[str, str] = {}
+def algorithm_of(settings: AlgorithmSettings) -> AlgorithmSpec:
+    """The registered algorithm whose settings class `settings` is an instance of (exactly)."""
+    for spec in ALGORITHMS._specs.values():
+        if type(settings) is spec.settings:
+            return spec
+    raise ConfigError(f"{type(settings).__name__} is not the settings class of a registered algorithm "
+                      f"({', '.join(ALGORITHMS.names())})")
+
+
+_SHARED_GROUPS = {"data": DataConfig, "task": TaskConfig, "model": ModelConfig, "optim": OptimConfig,
+                  "run": RunConfig, "eval": EvalConfig}
+GROUPS = ("data", "task", "model", "algorithm", "optim", "run", "eval")
+#: flat name -> its group; every algorithm's fields are in "algorithm"
+FIELD_GROUP: Dict[str, str] = {"algo": "algorithm"}
 #: flat name -> its value type (bool, int, float or str; Optional unwrapped)
-FIELD_TYPES: Dict[str, type] = {}
-for _group, _cls in _GROUP_CLASSES.items():
+FIELD_TYPES: Dict[str, type] = {"algo": str}
+#: algorithm setting -> the algorithms that use it; optimiser settings -> the algorithms whose
+#: meta-optimiser reads them; every other setting applies to all
+APPLIES_TO: Dict[str, Tuple[str, ...]] = {}
+
+
+def _value_type(hint: Any) -> type:
+    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+
+for _group, _cls in _SHARED_GROUPS.items():
     for _name, _hint in typing.get_type_hints(_cls).items():
         assert _name not in FIELD_GROUP, f"duplicate config name {_name}"
-        FIELD_GROUP[_name] = _group
-        FIELD_TYPES[_name] = next(t for t in typing.get_args(_hint) or (_hint,) if t is not type(None))
-DEFAULTS: Dict[str, Any] = ExperimentConfig().flat()
-assert set(LIMITS) <= set(FIELD_GROUP) and set(APPLIES_TO) <= set(FIELD_GROUP)
+        FIELD_GROUP[_name], FIELD_TYPES[_name] = _group, _value_type(_hint)
+for _algo, _spec in ALGORITHMS.items():
+    for _name, _hint in typing.get_type_hints(_spec.settings).items():
+        assert FIELD_GROUP.get(_name, "algorithm") == "algorithm", f"{_algo}: {_name} is a shared setting"
+        assert FIELD_TYPES.get(_name, _value_type(_hint)) is _value_type(_hint), \
+            f"{_algo}: {_name} has another type in another algorithm"
+        FIELD_GROUP[_name], FIELD_TYPES[_name] = "algorithm", _value_type(_hint)
+        APPLIES_TO[_name] = APPLIES_TO.get(_name, ()) + (_algo,)
+    for _name in _spec.optimizer.uses:
+        APPLIES_TO[_name] = APPLIES_TO.get(_name, ()) + (_algo,)
+#: the defaults of the shared settings (an algorithm's own defaults: `algorithm_defaults`)
+DEFAULTS: Dict[str, Any] = {name: value for name, value in ExperimentConfig().flat().items()
+                            if FIELD_GROUP[name] != "algorithm" or name == "algo"}
+#: the on/off flags of every boolean setting
+BOOL_FLAGS: Dict[str, Tuple[str, str]] = dict(_SHARED_BOOL_FLAGS)
+for _algo, _spec in ALGORITHMS.items():
+    for _f in dataclasses.fields(_spec.settings):
+        if _f.metadata.get("flags"):
+            BOOL_FLAGS[_f.name] = _f.metadata["flags"]
+#: other names --algo accepts: alias -> (algorithm, the settings it implies, what it is)
+ALGO_ALIASES: Dict[str, Tuple[str, Mapping[str, Any], str]] = {
+    alias: (name, a.implies, a.meaning) for name, spec in ALGORITHMS.items() for alias, a in spec.aliases.items()}
+assert set(LIMITS) <= set(FIELD_GROUP)
+
+
+def algorithm_defaults(algo: str) -> Dict[str, Any]:
+    """The default of every setting of algorithm `algo`, by flat name."""
+    return dataclasses.asdict(ALGORITHMS[algo].settings())
+
+
+def algorithm_setting(name: str) -> Dict[str, Any]:
+    """What the algorithms that use setting `name` declare for it: help, flags, and per algorithm
+    its default, range and choices ({'help', 'flags', 'defaults': {algo: ...}, 'meta': {algo: ...}})."""
+    users = APPLIES_TO[name]
+    metas = {algo: meta(ALGORITHMS[algo].settings, name) for algo in users}
+    first = metas[users[0]]
+    return {"help": first["help"], "flags": first["flags"], "meta": metas,
+            "defaults": {algo: algorithm_defaults(algo)[name] for algo in users}}
+
+
+def is_algorithm_setting(name: str) -> bool:
+    return FIELD_GROUP.get(name) == "algorithm" and name != "algo"
 
 
 def flag(name: str, value: Any = None) -> str:
@@ -336,21 +317,49 @@ def not_one_of(option: str, value: Any, allowed: Iterable[str]) -> str:
     return f"{option} {value!r} is not one of {', '.join(allowed)}{hint}"
 
 
-def _replace(config: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
-    """A copy with flat-named `values` set as given (None included)."""
-    by_group: Dict[str, Dict[str, Any]] = {}
-    for name, value in values.items():
-        if name == "recipe":
-            config = dataclasses.replace(config, recipe=value)
-            continue
-        if name not in FIELD_GROUP:
+def _check_names(values: Mapping[str, Any]) -> None:
+    for name in values:
+        if name != "recipe" and name not in FIELD_GROUP:
             close = _closest(name, FIELD_GROUP)
             hint = f" (did you mean {flag(close)}?)" if close else ""
             raise ConfigError(f"unknown setting {name!r}{hint}")
-        by_group.setdefault(FIELD_GROUP[name], {})[name] = value
-    for group, changes in by_group.items():
-        config = dataclasses.replace(config, **{group: dataclasses.replace(getattr(config, group), **changes)})
-    return config
+
+
+def from_flat(values: Mapping[str, Any], lenient: bool = False) -> ExperimentConfig:
+    """A config from flat-named values (missing ones: defaults; the algorithm's from its own class).
+
+    A value for a setting the algorithm does not use raises a ConfigError, or is dropped when
+    `lenient` (reading a saved config, where such values are null or stale).
+    """
+    _check_names(values)
+    algo = values.get("algo") or DEFAULT_ALGORITHM
+    if algo not in ALGORITHMS:
+        raise ALGORITHMS.unknown(algo)
+    spec = ALGORITHMS[algo]
+    own = set(spec.setting_names())
+    foreign = [n for n, v in values.items() if is_algorithm_setting(n) and n not in own and v is not None]
+    if foreign and not lenient:
+        raise ConfigError(f"{', '.join(flag(n) for n in foreign)} not used by --algo {algo}; drop "
+                          f"{'it' if len(foreign) == 1 else 'them'}")
+    groups: Dict[str, Any] = {}
+    for group, cls in _SHARED_GROUPS.items():
+        groups[group] = cls(**{n: values[n] for n in values if FIELD_GROUP.get(n) == group})
+    settings = spec.settings(**{n: v for n, v in values.items() if n in own})
+    return ExperimentConfig(algorithm=settings, recipe=values.get("recipe"), **groups)
+
+
+def _replace(config: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
+    """A copy with flat-named `values` set as given (None included).
+
+    Choosing another algorithm starts its settings from that algorithm's defaults.
+    """
+    _check_names(values)
+    current = config.flat()
+    if "algo" in values and values["algo"] != config.algo:
+        current = {n: v for n, v in current.items() if not is_algorithm_setting(n)}
+    current["recipe"] = config.recipe
+    current.update(values)
+    return from_flat(current)
 
 
 def with_overrides(config: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
@@ -359,20 +368,18 @@ def with_overrides(config: ExperimentConfig, overrides: Mapping[str, Any]) -> Ex
 
 
 def resolve(config: ExperimentConfig) -> ExperimentConfig:
-    """Every derived None replaced by its value, every setting the algorithm does not use set to None.
+    """Every derived None replaced by its value, every optimiser setting the algorithm's
+    meta-optimiser does not read set to None.
 
-    train_ways/shots/queries from ways/shots/queries; inner_lr from DEFAULT_INNER_LR;
-    test_inner_steps from inner_steps; meta_lr_final 0 for Reptile.  So config.json shows null
-    only for "not applicable".  Idempotent; the derived properties keep their values for every
-    setting that applies.
+    train_ways/shots/queries from ways/shots/queries; the algorithm's own (`resolved()`: e.g.
+    test_inner_steps from inner_steps).  So config.json shows null only for "not applicable".
+    Idempotent.
     """
-    algo = config.algorithm.algo
-    final = config.optim.meta_lr_final
-    derived = {"train_ways": config.train_ways, "train_shots": config.train_shots,
-               "train_queries": config.train_queries, "inner_lr": config.inner_lr,
-               "test_inner_steps": config.test_inner_steps, "meta_lr_final": 0.0 if final is None else final}
-    unused = {name: None for name in APPLIES_TO if not applies(name, algo)}
-    return _replace(config, {**derived, **unused})
+    task = dataclasses.replace(config.task, train_ways=config.train_ways, train_shots=config.train_shots,
+                               train_queries=config.train_queries)
+    unused = {name: None for name in APPLIES_TO if FIELD_GROUP[name] == "optim" and not applies(name, config.algo)}
+    optim = dataclasses.replace(config.optim, **unused)
+    return dataclasses.replace(config, task=task, optim=optim, algorithm=config.algorithm.resolved())
 
 
 # ------------------------------------------------------------------------------ validation
@@ -385,34 +392,60 @@ def limit_error(name: str, value: Any, option: Optional[str] = None) -> Optional
     return LIMITS[name].error(value, option or flag(name))
 
 
+def _shared_choices() -> Dict[str, Tuple[str, ...]]:
+    return {"dataset": tuple(DATASETS.names()), "sampler": SAMPLERS, "algo": tuple(ALGORITHMS.names()),
+            "engine": ENGINES, "backbone": tuple(BACKBONES.names()), "split": SPLITS}
+
+
+def _value_error(name: str, value: Any, limit: Optional[Limit], choices: Optional[Tuple[str, ...]]) -> Optional[str]:
+    """Why `value` is not a valid value of setting `name` (None: it is)."""
+    if choices is not None:
+        return None if value in choices else not_one_of(flag(name), value, choices)
+    if limit is not None:
+        return limit.error(value, flag(name))
+    if not isinstance(value, FIELD_TYPES[name]):
+        return f"{flag(name)} must be {_KINDS[FIELD_TYPES[name]]}, got {value!r}"
+    return None
+
+
 def validate(config: ExperimentConfig) -> ExperimentConfig:
     """Check every setting; raise one ConfigError listing all problems, each naming its flag.
 
-    Accepts resolved configs: a setting the algorithm does not use may be None.
+    Accepts resolved configs: an optimiser setting the algorithm does not use may be None.
     """
     errors: List[str] = []
-    flat = config.flat()
-    algo = flat["algo"]
-    choices = {"dataset": DATASET_NAMES, "sampler": SAMPLERS, "algo": ALGORITHMS, "engine": ENGINES,
-               "inner_optimizer": INNER_OPTIMIZERS, "backbone": BACKBONES, "split": SPLITS}
-    for name, value in flat.items():
+    algo, spec = config.algo, config.spec
+    choices = _shared_choices()
+    for name, value in config.flat().items():
+        if name == "algo" or is_algorithm_setting(name):
+            continue
         if value is None:
-            if DEFAULTS[name] is not None and (name not in APPLIES_TO or applies(name, algo)):
+            if DEFAULTS[name] is not None and applies(name, algo):
                 errors.append(f"{flag(name)} must be set" + (f" for {algo}" if name in APPLIES_TO else ""))
-        elif name in choices:
-            if value not in choices[name]:
-                errors.append(not_one_of(flag(name), value, choices[name]))
-        elif name in LIMITS:
-            problem = limit_error(name, value)
-            if problem:
-                errors.append(problem)
-        elif not isinstance(value, FIELD_TYPES[name]):
-            errors.append(f"{flag(name)} must be {_KINDS[FIELD_TYPES[name]]}, got {value!r}")
-    if algo in ("maml", "reptile") and config.train_ways != config.task.ways:
+            continue
+        problem = _value_error(name, value, LIMITS.get(name), choices.get(name))
+        if problem:
+            errors.append(problem)
+    defaults = algorithm_defaults(algo)
+    for f in dataclasses.fields(config.algorithm):
+        value = getattr(config.algorithm, f.name)
+        if value is None:
+            if defaults[f.name] is not None:
+                errors.append(f"{flag(f.name)} must be set for {algo}")
+            continue
+        problem = _value_error(f.name, value, f.metadata.get("limit"), f.metadata.get("choices"))
+        if problem:
+            errors.append(problem)
+    if not errors:
+        errors.extend(config.algorithm.problems())
+    if spec.head and config.train_ways != config.task.ways:
+        headless = [name for name, s in ALGORITHMS.items() if not s.head]
+        fix = f" or use --algo {' or '.join(headless)}" if headless else ""
         errors.append(f"{algo} has a {config.train_ways}-way output layer: --train-ways must equal --ways "
-                      f"({config.task.ways}); drop --train-ways or use --algo protonet")
-    if algo == "maml" and isinstance(config.algorithm.inner_steps, int) and config.algorithm.inner_steps < 1:
-        errors.append("--inner-steps must be >= 1 for maml")
+                      f"({config.task.ways}); drop --train-ways{fix}")
+    if config.run.engine not in ("auto",) + spec.engines and config.run.engine in ENGINES:
+        errors.append(f"--engine {config.run.engine}: {algo} has only the {' and '.join(spec.engines)} engine; "
+                      f"use --engine {spec.engines[0]} or auto")
     if errors:
         raise ConfigError("; ".join(errors))
     return config
@@ -426,7 +459,7 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
     a setting of another algorithm (APPLIES_TO), --lr-decay without --lr-decay-every, the
     batched engine's settings with --engine loop, and --max-memory with --chunk-size.
     """
-    algo, engine = config.algorithm.algo, config.run.engine
+    algo, engine = config.algo, config.run.engine
     chosen = f"--algo {algo}" + ("" if "algo" in given else f" (of --recipe {config.recipe})" if config.recipe
                                  else " (the default)")
     by_algos: Dict[Tuple[str, ...], List[str]] = {}
@@ -457,12 +490,15 @@ def _only(labels: List[str], users: str, chosen: str, other: str) -> str:
 
 # ------------------------------------------------------------------------------ config files
 def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
-    """Rebuild a config from `to_dict()` output (config.json)."""
-    kwargs: Dict[str, Any] = {}
-    for group, cls in _GROUP_CLASSES.items():
-        known = {f.name for f in fields(cls)}
-        kwargs[group] = cls(**{k: v for k, v in data.get(group, {}).items() if k in known})
-    return ExperimentConfig(recipe=data.get("recipe"), **kwargs)
+    """Rebuild a config from `to_dict()` output (config.json), including those of older versions:
+    nulls (not applicable) and settings the algorithm does not use are dropped, and a setting is
+    taken from whichever group it was written in (meta_lr_final used to be an optimiser setting)."""
+    values: Dict[str, Any] = {}
+    for group, entries in data.items():
+        if group in GROUPS and isinstance(entries, dict):
+            values.update({k: v for k, v in entries.items() if k in FIELD_GROUP and v is not None})
+    values["recipe"] = data.get("recipe")
+    return from_flat(values, lenient=True)
 
 
 def load_json(path: Path) -> ExperimentConfig:
@@ -517,6 +553,10 @@ def _unknown_key(path: Path, key: str, valid: Iterable[str]) -> ConfigError:
     return ConfigError(f"--config {path}: unknown setting {key!r}{hint}")
 
 
+#: settings that older config.json files hold in another group (still read from there)
+LEGACY_GROUPS = {"meta_lr_final": "optim"}
+
+
 def read_settings_file(path: Union[str, Path]) -> Dict[str, Any]:
     """{flat name: value} from a TOML or JSON file; `recipe` is kept, nulls (not applicable) left out.
 
@@ -543,7 +583,7 @@ def read_settings_file(path: Union[str, Path]) -> Dict[str, Any]:
             for name, inner in value.items():
                 if name not in FIELD_GROUP:
                     raise _unknown_key(path, f"{key}.{name}", [f"{g}.{n}" for n, g in FIELD_GROUP.items()])
-                if FIELD_GROUP[name] != key:
+                if FIELD_GROUP[name] != key and LEGACY_GROUPS.get(name) != key:
                     raise ConfigError(f"--config {path}: {name} belongs in [{FIELD_GROUP[name]}], not [{key}]; "
                                       f"move it there or write it at the top level")
                 put(name, inner, f"in [{key}]")
@@ -590,7 +630,8 @@ def _check_recipe_algo(recipe: str, settings: Mapping[str, Any], algo: Optional[
     if algo is None:
         return
     wanted = expand_algo_alias({"algo": algo})
-    if any(settings.get(name, DEFAULTS[name]) != value for name, value in wanted.items()):
+    defaults = {**DEFAULTS, **algorithm_defaults(settings["algo"])}
+    if any(settings.get(name, defaults.get(name)) != value for name, value in wanted.items()):
         own = next((alias for alias, (base, implied, _) in ALGO_ALIASES.items() if base == settings["algo"]
                     and all(settings.get(k) == v for k, v in implied.items())), settings["algo"])
         raise ConfigError(f"--recipe {recipe} fixes the algorithm ({own}), which "
@@ -615,18 +656,23 @@ def compose(flags: Mapping[str, Any], recipe: Optional[str] = None,
         raise ConfigError(f"--recipe {recipe} conflicts with {_describe('recipe', file_recipe, source)}; "
                           f"drop one of them")
     recipe = recipe or file_recipe
-    base = ExperimentConfig()
+    recipe_settings: Dict[str, Any] = {}
     if recipe:
         from .recipes import load_recipe
-        settings = load_recipe(recipe).settings
-        _check_recipe_algo(recipe, settings, raw_file.get("algo"), source)
-        _check_recipe_algo(recipe, settings, raw_flags.get("algo"), None)
-        base = with_overrides(base, {**settings, "recipe": recipe})
+        recipe_settings = dict(load_recipe(recipe).settings)
+        _check_recipe_algo(recipe, recipe_settings, raw_file.get("algo"), source)
+        _check_recipe_algo(recipe, recipe_settings, raw_flags.get("algo"), None)
     file_settings = expand_algo_alias(raw_file, source)
-    before = base.flat()
-    given = {name: f"{name} in {source}" for name, value in file_settings.items() if value != before[name]}
     flag_settings = expand_algo_alias(raw_flags)
+    merged = {**recipe_settings, **file_settings, **flag_settings}
+    _check_names(merged)
+    algo = merged.get("algo") or DEFAULT_ALGORITHM
+    if algo not in ALGORITHMS:
+        raise ALGORITHMS.unknown(algo)
+    before = {**DEFAULTS, **algorithm_defaults(algo), **recipe_settings}
+    given = {name: f"{name} in {source}" for name, value in file_settings.items()
+             if name not in before or value != before[name]}
     given.update({name: flag(name, value) for name, value in flag_settings.items()})
-    config = with_overrides(with_overrides(base, file_settings), flag_settings)
+    config = from_flat({**{n: v for n, v in merged.items() if applies(n, algo)}, "recipe": recipe})
     check_applicable(config, given)
     return validate(config)

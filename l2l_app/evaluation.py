@@ -8,9 +8,9 @@ from typing import Any, Dict, List
 
 import torch
 
-from .algorithms.base import MetaLearner
 from .progress import Progress
-from .tasks import TaskSource
+from .data.types import TaskSource
+from .learner import MetaLearner
 
 
 @dataclass

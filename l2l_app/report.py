@@ -391,9 +391,9 @@ def bench_markdown(report: Dict[str, Any]) -> str:
     """bench.md: a table to paste into an issue, from `bench.run_bench`'s result."""
     s = report["settings"]
     env = report["environment"]
-    fo = "FOMAML" if s.get("first_order") else s["algo"].upper() if s["algo"] == "maml" else s["algo"]
-    lines = [f"## l2l-app bench: {fo} {s['dataset']} {s['ways']}-way {s['shots']}-shot, {s['queries']} queries, "
-             f"meta-batch {s['meta_batch']}, {s['inner_steps']} inner step(s)", "",
+    steps = f", {s['inner_steps']} inner step(s)" if s.get("inner_steps") is not None else ""
+    lines = [f"## l2l-app bench: {s.get('label') or s['algo']} {s['dataset']} {s['ways']}-way {s['shots']}-shot, "
+             f"{s['queries']} queries, meta-batch {s['meta_batch']}{steps}", "",
              f"Device: `{report['device']}` ({report['device_name']}); torch {env['torch']}, learn2learn "
              f"{env['learn2learn']}, Python {env['python']}, {env['torch_threads']} torch threads; "
              f"TF32 {'on' if report['tf32']['requested'] else 'off'}"

@@ -116,8 +116,7 @@ class RunRecord:
 
     def setting(self) -> str:
         c = self.config
-        algo = "fomaml" if c.algorithm.algo == "maml" and c.algorithm.first_order else c.algorithm.algo
-        return f"{algo} {c.data.dataset}"
+        return f"{c.algo_label} {c.data.dataset}"
 
 
 def read_metrics(path: Path, accuracy_scale: float) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:

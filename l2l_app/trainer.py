@@ -19,17 +19,18 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from . import registry, runtime
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .config import SPLITS, ExperimentConfig, resolve, validate, with_overrides
-from .datasets import DATASETS, SplitData, check_disjoint, load_split
+from . import runtime
+from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
+from .config import SPLITS, ExperimentConfig, validate, with_overrides
+from .data import SplitData, check_disjoint, load_split
+from .engine import choose_chunk_size
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
+from .experiment import Experiment, build_optimizer
 from .progress import Progress
 from .fileio import file_sha256, read_json, write_json
 from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, TENSORBOARD_DIR, RunDirectory,
                      check_run_target, checkpoint_path, eval_file_name, list_evaluations, load_config)
-from .samplers import build_task_source
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
 ACCURACY_UNIT = "%"
@@ -90,25 +91,16 @@ class TrainSummary:
         return "\n".join(lines)
 
 
-def model_for(config: ExperimentConfig) -> torch.nn.Module:
-    spec = DATASETS[config.data.dataset]
-    return registry.build_model(config, spec.in_channels, spec.image_size)
-
-
 def eval_protocol(config: ExperimentConfig, split: str, episodes: int, seed: int, sampler: str,
                   checkpoint: str) -> Dict[str, Any]:
-    a = config.algorithm
-    protocol: Dict[str, Any] = {
+    """What an evaluation file records next to its number: episodes, checkpoint, and the
+    algorithm's own protocol fields (batch norm, test-time adaptation)."""
+    return {
         "dataset": config.data.dataset, "split": split, "ways": config.task.ways,
         "shots": config.task.shots, "queries": config.task.queries, "episodes": episodes,
-        "episode_seed": seed, "sampler": sampler, "checkpoint": checkpoint, "algo": a.algo,
-        "batchnorm": "batch statistics (transductive)" if a.algo != "reptile" or a.transductive
-        else "batch statistics of support + one query (non-transductive)",
+        "episode_seed": seed, "sampler": sampler, "checkpoint": checkpoint, "algo": config.algo,
+        **config.algorithm.protocol(),
     }
-    if a.algo in ("maml", "reptile"):
-        protocol["test_inner_steps"] = config.test_inner_steps
-        protocol["inner_lr"] = config.inner_lr
-    return protocol
 
 
 def _open_tensorboard(enabled: bool):
@@ -137,7 +129,9 @@ class Trainer:
         self.run_dir = Path(run_dir)  # the user's path; files go to self.files.path
         mode = "resume" if resume else ("overwrite" if overwrite else "new")
         check_run_target(self.run_dir, mode)  # cheap refusals first: busy, exists, path through a file
-        self.config = resolve(validate(config))
+        runtime.seed_everything(validate(config).run.seed)  # before the model's weights are drawn
+        self.experiment = Experiment.build(config, meta_batch=config.optim.meta_batch)
+        self.config = self.experiment.config
         self.resume = resume
         self.progress = progress
         self.on_step = on_step
@@ -145,12 +139,9 @@ class Trainer:
         self._tensorboard_class = _open_tensorboard(self.config.run.tensorboard)
         self._tensorboard = None
 
-        c = self.config
-        self.device = runtime.resolve_device(c.run.device)
-        runtime.set_tf32(c.run.tf32)
-        runtime.seed_everything(c.run.seed)
-        self.engine = registry.resolve_engine(c.algorithm.algo, c.run.engine, self.device, c.optim.meta_batch)
-        self.sampler = registry.resolve_sampler(c.data.sampler, self.engine)
+        c, x = self.config, self.experiment
+        self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
+        self.model, self.learner = x.model, x.learner
 
         skip = c.data.skip_bad_images
         self.train_split = load_split(c.data.dataset, "train", c.data.data_root, progress=progress,
@@ -159,17 +150,12 @@ class Trainer:
                                     skip_bad_images=skip)
         self.bad_images = self.train_split.skipped + self.val_split.skipped
         check_disjoint({"train": self.train_split, "val": self.val_split})
-        self.train_source = build_task_source(
-            self.sampler, self.train_split, c.train_ways, c.train_shots, c.train_queries,
-            seed=c.run.seed, device=self.device, flags=self._train_flags())
+        self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=self._train_flags())
         # Build once to validate the evaluation episode shape against the validation split.
         self._val_source()
-
-        self.model = model_for(c).to(self.device)
-        self.learner = registry.build_learner(c, self.model, self.engine, c.run.chunk_size)
         if c.run.max_memory is not None and self.engine == "batched" and c.run.chunk_size is None:
             self.learner.chunk_size = self._chunk_size_for_budget(c.run.max_memory)
-        self.optimizer, self.scheduler = registry.build_optimizer(c, self.learner)
+        self.optimizer, self.scheduler = build_optimizer(c, self.learner)
         self.step = 0
         self.elapsed = 0.0
         self.best_val: Optional[float] = None
@@ -207,17 +193,13 @@ class Trainer:
         return tuple(f"--train-{n}" if given[n] else f"--{n}" for n in ("ways", "shots", "queries"))  # type: ignore
 
     def _val_source(self):
-        c = self.config
-        return build_task_source(self.sampler, self.val_split, c.task.ways, c.task.shots, c.task.queries,
-                                 seed=c.eval.eval_seed, device=self.device)
+        return self.experiment.task_source(self.val_split, self.experiment.eval_shape, self.config.eval.eval_seed)
 
     def _chunk_size_for_budget(self, gib: float) -> int:
         """Tasks per chunk that fit --max-memory, measured on a meta-batch from a separate sampler
         (so the training episodes are the same with or without the budget)."""
-        from .batched import choose_chunk_size
-        c = self.config
-        probe = build_task_source(self.sampler, self.train_split, c.train_ways, c.train_shots,
-                                  c.train_queries, seed=c.run.seed + 1, device=self.device)
+        c, x = self.config, self.experiment
+        probe = x.task_source(self.train_split, x.train_shape, c.run.seed + 1)
         chunk = choose_chunk_size(self.learner, probe.sample(c.optim.meta_batch), int(gib * 2**30))
         self.learner.zero_grad()
         return chunk
@@ -227,16 +209,14 @@ class Trainer:
         return (self.files.path if self.files else self.run_dir) / CHECKPOINT_DIR
 
     def _state(self) -> Dict[str, Any]:
-        learner_state = self.learner.state_dict() if hasattr(self.learner, "state_dict") else {}
         return {
-            "model": self.model.state_dict(),
+            "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
             "rng": runtime.rng_state(),
             "sampler": self.train_source.state_dict(),
-            "learner": learner_state,
             "best_val": self.best_val,
             "best_step": self.best_step,
             "skipped": self.skipped,
@@ -258,15 +238,13 @@ class Trainer:
         return state
 
     def _apply(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        self.learner.load_state_dict(learner_state(state))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         runtime.set_rng_state(state["rng"])
         self.train_source.load_state_dict(state["sampler"])
-        if state.get("learner") and hasattr(self.learner, "load_state_dict"):
-            self.learner.load_state_dict(state["learner"])
         self.best_val, self.best_step = state["best_val"], state["best_step"]
         self.skipped = int(state.get("skipped", 0))
 
@@ -359,7 +337,7 @@ class Trainer:
         last_save = time.perf_counter()
         stopped_by_budget = False
         budget = None if c.run.time_budget is None else 60 * c.run.time_budget
-        bar = Progress(f"{c.algorithm.algo}/{self.engine}", c.optim.iterations, self.step, self.elapsed,
+        bar = Progress(f"{c.algo}/{self.engine}", c.optim.iterations, self.step, self.elapsed,
                        budget_seconds=budget, enabled=self.progress, log_every=c.run.log_every)
         try:
             while self.step < c.optim.iterations:
@@ -379,7 +357,7 @@ class Trainer:
                     self.learner.zero_grad()
                 else:
                     if c.optim.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(self.learner.parameters(), c.optim.grad_clip)
+                        torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), c.optim.grad_clip)
                     self.optimizer.step()
                 lr = self.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():
@@ -464,16 +442,16 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
                  shots: int | None = None, queries: int | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
 
-    ways/shots/queries override the run's evaluation episode shape (ProtoNet can test any
-    ways; MAML/Reptile's output layer fixes them).  Writes one file per protocol
-    (`rundir.eval_file_name`), recording the checkpoint's step and SHA-256 so that a later
-    change of the checkpoint marks the result stale.
+    ways/shots/queries override the run's evaluation episode shape (an algorithm without an
+    output layer, like ProtoNet, can test any ways; one with an N-way layer only its N).  Writes
+    one file per protocol (`rundir.eval_file_name`), recording the checkpoint's step and SHA-256
+    so that a later change of the checkpoint marks the result stale.
     """
     run_dir = Path(run_dir)
     trained = load_config(run_dir)
     shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
-    if ways is not None and ways != trained.task.ways and trained.algorithm.algo != "protonet":
-        raise ConfigError(f"--ways {ways}: this {trained.algorithm.algo} model has a "
+    if ways is not None and ways != trained.task.ways and trained.spec.head:
+        raise ConfigError(f"--ways {ways}: this {trained.algo} model has a "
                           f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
     config = validate(with_overrides(trained, shape))
     if checkpoint not in ("best", "last"):
@@ -484,25 +462,19 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
-    dev = runtime.resolve_device(device or config.run.device)
-    runtime.set_tf32(config.run.tf32)
-    engine = registry.resolve_engine(config.algorithm.algo, engine or config.run.engine, dev)
+    x = Experiment.build(config, device=device, engine=engine, sampler="l2l")
     ckpt_path = checkpoint_path(run_dir, checkpoint)
     digest = file_sha256(ckpt_path) if ckpt_path.is_file() else None
-    state = load_checkpoint(ckpt_path, map_location=dev)
-    model = model_for(config).to(dev)
-    model.load_state_dict(state["model"])
-    learner = registry.build_learner(config, model, engine, config.run.chunk_size)
+    state = load_checkpoint(ckpt_path, map_location=x.device)
+    x.learner.load_state_dict(learner_state(state))
     data = load_split(config.data.dataset, split, config.data.data_root, progress=progress)
-    sampler = "l2l"
-    source = build_task_source(sampler, data, config.task.ways, config.task.shots, config.task.queries,
-                               seed=seed, device=dev)
-    protocol = eval_protocol(config, split, episodes, seed, sampler, f"{checkpoint} (step {state['step']})")
+    source = x.task_source(data, x.eval_shape, seed)
+    protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {state['step']})")
     out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
                                    episodes, seed)
-    protocol.update(engine=engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
+    protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
                     checkpoint_sha256=digest, file=out.name)
-    result = evaluate(learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
+    result = evaluate(x.learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
     write_json(out, result.to_dict(with_accuracies=True))
     return result
 

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List
 import pytest
 import torch
 
-from l2l_app.datasets import SplitData
+from l2l_app.data import SplitData
 
 REPO = Path(__file__).resolve().parent.parent
 MINIIMAGENET_SAMPLE = REPO.parent / "shared" / "data" / "miniimagenet-sample"
@@ -176,7 +176,7 @@ def one_thread():
 def random_episodes(ways: int, shots: int, queries: int, tasks: int, size: int,
                     dtype: torch.dtype = torch.float64, seed: int = 0):
     """An EpisodeBatch of random 1-channel images with shuffled class order per task."""
-    from l2l_app.tasks import EpisodeBatch
+    from l2l_app.data.types import EpisodeBatch
     g = torch.Generator().manual_seed(seed)
     sx = torch.rand(tasks, ways * shots, 1, size, size, generator=g).to(dtype)
     qx = torch.rand(tasks, ways * queries, 1, size, size, generator=g).to(dtype)

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from l2l_app.algorithms.maml import MAML
+from l2l_app.algorithms.maml import MAML, MAMLSettings
 from l2l_app.algorithms.protonet import ProtoNet, episode_logits, prototypes, squared_euclidean_logits
-from l2l_app.algorithms.reptile import Reptile, minibatch_schedule
+from l2l_app.algorithms.reptile import Reptile, ReptileSettings, minibatch_schedule
 from l2l_app.backbones import Classifier, Conv4
-from l2l_app.tasks import EpisodeBatch
+from l2l_app.data.types import EpisodeBatch
 from conftest import random_episodes
 
 WAYS, SHOTS, QUERIES, TASKS, SIZE, HIDDEN = 3, 2, 2, 3, 16, 8
@@ -62,7 +62,7 @@ def reference_maml_meta_gradient(model, batch: EpisodeBatch, lr: float, steps: i
 def test_maml_meta_gradient_equals_autograd_reference(steps, first_order):
     model, batch, lr = make_classifier(), make_batch(), 0.4
     ref_loss, ref_grad = reference_maml_meta_gradient(copy.deepcopy(model), batch, lr, steps, first_order)
-    learner = MAML(model, inner_lr=lr, inner_steps=steps, first_order=first_order)
+    learner = MAML(model, MAMLSettings(inner_lr=lr, inner_steps=steps, first_order=first_order))
     metrics = learner.meta_step(batch)
     grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert rel_diff(grad, ref_grad) < 1e-10
@@ -120,7 +120,7 @@ def test_reptile_one_sgd_step_on_one_task():
     loss = F.cross_entropy(model(sx[idx]), sy[idx])
     grads = torch.autograd.grad(loss, list(model.parameters()))
     expected = torch.cat([(t - (t - lr * g)).reshape(-1) for t, g in zip(theta, grads)])
-    Reptile(model, inner_lr=lr, inner_steps=1, inner_batch=3, inner_optimizer="sgd").meta_step(
+    Reptile(model, ReptileSettings(inner_lr=lr, inner_steps=1, inner_batch=3, inner_optimizer="sgd")).meta_step(
         batch, schedule=schedule)
     got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
     assert rel_diff(got, expected) < 1e-10
@@ -131,7 +131,7 @@ def test_reptile_one_sgd_step_on_one_task():
 def test_batch_norm_has_no_buffers_so_clones_share_no_statistics():
     model = make_classifier()
     assert len(list(model.buffers())) == 0
-    learner = MAML(model, inner_lr=0.4, inner_steps=1)
+    learner = MAML(model, MAMLSettings(inner_lr=0.4, inner_steps=1))
     clone = learner.maml.clone()
     assert len(list(clone.buffers())) == 0
 
@@ -143,8 +143,8 @@ def test_reptile_batch_larger_than_support_is_clamped_exactly():
     batch = make_batch(tasks=2)
     grads = []
     for inner_batch in (10, WAYS * SHOTS):
-        learner = Reptile(make_classifier(), inner_lr=0.1, inner_steps=2, inner_batch=inner_batch,
-                          inner_optimizer="sgd", seed=3)
+        learner = Reptile(make_classifier(), ReptileSettings(inner_lr=0.1, inner_steps=2, inner_batch=inner_batch,
+                                                             inner_optimizer="sgd"), seed=3)
         learner.meta_step(batch)
         grads.append(torch.cat([p.grad.flatten() for p in learner.model.parameters()]))
     assert torch.equal(grads[0], grads[1])

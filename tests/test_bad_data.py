@@ -12,9 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from l2l_app import image_sources
 from l2l_app.cli import cli
-from l2l_app.datasets import load_split
+from l2l_app.data import images, load_split
 from l2l_app.errors import DataError
 
 from conftest import SYNTH_DRAWINGS, corrupt_zip_member, with_own_split_files
@@ -257,13 +256,13 @@ def _decode_variant(img: Image.Image, mode: str, target: str, size: int):
     buf = io.BytesIO()
     v.save(buf, format="TIFF" if mode == "CMYK" else "PNG",
            **({"transparency": v.info["transparency"]} if mode == "P-transparent" else {}))
-    return image_sources.decode(buf.getvalue(), f"x.{mode}", target, size)
+    return images.decode(buf.getvalue(), f"x.{mode}", target, size)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_any_mode_becomes_grey_omniglot(root, mode):
     src = pngs(char_dir(root))[0]
-    ref = image_sources.decode(src.read_bytes(), "ref", "L", 28)
+    ref = images.decode(src.read_bytes(), "ref", "L", 28)
     out = _decode_variant(_drawing(src), mode, "L", 28)
     assert out.shape == (28, 28) and out.dtype == np.uint8
     tol = 1 if mode in ("CMYK",) else 0
@@ -273,7 +272,7 @@ def test_any_mode_becomes_grey_omniglot(root, mode):
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "LA"])
 def test_any_mode_becomes_rgb_miniimagenet(root, mode):
     src = pngs(char_dir(root))[0]
-    ref = image_sources.decode(src.read_bytes(), "ref", "RGB", 84)
+    ref = images.decode(src.read_bytes(), "ref", "RGB", 84)
     out = _decode_variant(_drawing(src), mode, "RGB", 84)
     assert out.shape == (84, 84, 3)
     assert np.abs(out.astype(int) - ref.astype(int)).max() <= 0

@@ -1,4 +1,4 @@
-"""Parity of the batched torch.func engine (l2l_app/batched.py) with the per-task loop engine.
+"""Parity of every registered algorithm's batched torch.func learner with its per-task loop learner.
 
 float64 on CPU: meta-gradients agree to a relative L2 difference < 1e-10; float32 to 1e-5
 (TF32 does not exist on CPU, so it plays no part here; on CUDA call `set_tf32(False)`).
@@ -16,16 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from l2l_app.algorithms.maml import MAML
-from l2l_app.algorithms.protonet import ProtoNet
-from l2l_app.algorithms.reptile import ADAM_BETAS, ADAM_EPS, Reptile, minibatch_schedule
+from l2l_app.algorithms.maml import BatchedMAML, MAMLSettings
+from l2l_app.algorithms.protonet import BatchedProtoNet
+from l2l_app.algorithms.reptile import ADAM_BETAS, ADAM_EPS, minibatch_schedule
 from l2l_app.backbones import Classifier, Conv4, TaskBatchNorm2d, batchnorm_mode
-from l2l_app.batched import (BATCHED, BatchedMAML, BatchedProtoNet, BatchedReptile, choose_chunk_size,
-                             set_tf32)
-from l2l_app.tasks import EpisodeBatch
+from l2l_app.data.types import EpisodeBatch
+from l2l_app.engine import choose_chunk_size
+from l2l_app.registry import ALGORITHMS
+from l2l_app.runtime import set_tf32
 from conftest import random_episodes
+from enrol import BATCHED_ALGOS, HIDDEN, SIZE, WAYS, make_learner, make_net, make_pair, small_settings
 
-WAYS, SHOTS, QUERIES, TASKS, SIZE, HIDDEN = 3, 2, 2, 3, 16, 8
+SHOTS, QUERIES, TASKS = 2, 2, 3
 INNER_LR = 0.4
 
 
@@ -34,28 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def make_batch(dtype=torch.float64, tasks=TASKS, seed=0) -> EpisodeBatch:
     return random_episodes(WAYS, SHOTS, QUERIES, tasks, SIZE, dtype, seed)
-
-
-def make_net(algo: str, dtype=torch.float64, seed=0) -> nn.Module:
-    torch.manual_seed(seed)
-    backbone = Conv4(1, HIDDEN, SIZE)
-    net = backbone if algo == "protonet" else Classifier(backbone, WAYS)
-    return net.to(dtype)
-
-
-def make_pair(algo: str, dtype=torch.float64, **kwargs):
-    """(loop learner, batched learner) on two identical copies of one network."""
-    net = make_net(algo, dtype)
-    engine_opts = {k: kwargs.pop(k) for k in ("chunk_size", "compile", "bn_impl") if k in kwargs}
-    loop_cls = {"protonet": ProtoNet, "maml": MAML, "reptile": Reptile}[algo]
-    return loop_cls(copy.deepcopy(net), **kwargs), BATCHED[algo](copy.deepcopy(net), **kwargs, **engine_opts)
-
-
-ALGO_KWARGS = {
-    "protonet": {},
-    "maml": {"inner_lr": INNER_LR, "inner_steps": 2},
-    "reptile": {"inner_lr": 0.01, "inner_steps": 2, "inner_batch": 3, "inner_optimizer": "adam"},
-}
 
 
 def flat_grads(model: nn.Module, skip=frozenset()) -> torch.Tensor:
@@ -272,9 +252,9 @@ def test_protonet_loss_and_gradient_match_loop(bn_impl):
 
 
 # ---------------------------------------------------------------------------------------- all three
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_float32_parity(algo):
-    loop, batched = make_pair(algo, dtype=torch.float32, **ALGO_KWARGS[algo])
+    loop, batched = make_pair(algo, dtype=torch.float32)
     batch = make_batch(torch.float32)
     m_loop, m_batched = loop.meta_step(batch), batched.meta_step(batch)
     # float32 rounding noise in the (exactly zero) conv-bias gradients is amplified by Adam; see above.
@@ -284,7 +264,7 @@ def test_float32_parity(algo):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_chunking_gives_the_same_gradients(algo, threads):
     """Chunks of 1 and 2 tasks give the unchunked meta-gradient, with 1 and 2 threads.
 
@@ -313,22 +293,22 @@ def test_chunking_gives_the_same_gradients(algo, threads):
     """
     batch = make_batch()
     net = make_net(algo)
-    kwargs = ALGO_KWARGS[algo]
+    settings = small_settings(algo)
     if algo == "reptile":
-        schedule = minibatch_schedule(batch.num_tasks, batch.support_x.shape[1], kwargs["inner_batch"],
-                                      kwargs["inner_steps"], torch.Generator().manual_seed(0))
+        schedule = minibatch_schedule(batch.num_tasks, batch.support_x.shape[1], settings.inner_batch,
+                                      settings.inner_steps, torch.Generator().manual_seed(0))
         step_kwargs = {"schedule": schedule}
         invariant = bn_invariant_biases(net)
-        bound = invariant_bias_update_bound(net, batch, schedule, kwargs["inner_lr"])
+        bound = invariant_bias_update_bound(net, batch, schedule, settings.inner_lr)
         assert set(bound) == invariant and len(invariant) == 4
-        real_step = kwargs["inner_lr"]  # |Adam step| ~ lr for any |g| >> eps
+        real_step = settings.inner_lr  # |Adam step| ~ lr for any |g| >> eps
         assert all(b.max() < 1e-2 * real_step for b in bound.values())
     else:
         step_kwargs, invariant = {}, set()
     results = []
     with num_threads(threads):
         for chunk_size in (None, 1, 2):
-            learner = BATCHED[algo](copy.deepcopy(net), chunk_size=chunk_size, **kwargs)
+            learner = make_learner(algo, "batched", copy.deepcopy(net), settings, chunk_size=chunk_size)
             metrics = learner.meta_step(batch, **step_kwargs)
             params = dict(learner.model.named_parameters())
             for name in invariant:
@@ -339,9 +319,9 @@ def test_chunking_gives_the_same_gradients(algo, threads):
         assert loss == pytest.approx(results[0][1], rel=1e-12)
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_parameters_stay_unchanged_leaves(algo):
-    learner = BATCHED[algo](make_net(algo), **ALGO_KWARGS[algo])
+    learner = make_learner(algo, "batched", make_net(algo))
     before = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
     ids = {n: id(p) for n, p in learner.model.named_parameters()}
     learner.meta_step(make_batch())
@@ -354,9 +334,9 @@ def test_parameters_stay_unchanged_leaves(algo):
     assert len(list(learner.model.buffers())) == 0
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_query_accuracy_and_predict_match_loop(algo):
-    loop, batched = make_pair(algo, **ALGO_KWARGS[algo])
+    loop, batched = make_pair(algo)
     batch = make_batch(seed=3)
     assert torch.equal(batched.query_accuracy(batch), loop.query_accuracy(batch))
     sx, sy, qx, _ = batch.task(1)
@@ -370,7 +350,7 @@ def test_aliased_submodule_is_rejected():
     net = Classifier(Conv4(1, HIDDEN, SIZE), WAYS)
     net.alias = net.head   # registered twice, like learn2learn's OmniglotCNN
     with pytest.raises(ValueError, match="registered twice"):
-        BatchedMAML(net, inner_lr=0.1, inner_steps=1)
+        BatchedMAML(net, MAMLSettings(inner_lr=0.1, inner_steps=1))
 
 
 def test_invalid_chunk_size_is_rejected():
@@ -378,9 +358,9 @@ def test_invalid_chunk_size_is_rejected():
         BatchedProtoNet(make_net("protonet"), chunk_size=0)
 
 
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_choose_chunk_size_is_within_bounds_and_monotone(algo):
-    learner = BATCHED[algo](make_net(algo), **ALGO_KWARGS[algo])
+    learner = make_learner(algo, "batched", make_net(algo))
     batch = make_batch()
     assert choose_chunk_size(learner, batch, 1) == 1
     assert choose_chunk_size(learner, batch, 1 << 40) == batch.num_tasks
@@ -400,11 +380,11 @@ def test_set_tf32_switches_both_flags():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["protonet", "maml", "reptile"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_compile_smoke(algo):
     """torch.compile of the batched function (30-70 s per algorithm on a 2-core CPU: marked slow)."""
-    kwargs = dict(ALGO_KWARGS[algo], **({"inner_steps": 1} if algo != "protonet" else {}))
-    loop, compiled = make_pair(algo, dtype=torch.float32, compile=True, **kwargs)
+    one_step = {"inner_steps": 1} if "inner_steps" in ALGORITHMS[algo].setting_names() else {}
+    loop, compiled = make_pair(algo, dtype=torch.float32, compile=True, **one_step)
     batch = make_batch(torch.float32)
     loop.meta_step(batch)
     compiled.meta_step(batch)
@@ -416,10 +396,10 @@ def test_compile_smoke(algo):
 def test_compile_modes():
     """compile=True is torch.compile's default mode; a string picks the mode (e.g. CUDA graphs)."""
     model = make_net("maml")
-    assert BatchedMAML(model, INNER_LR, 1).compile_mode is None
-    assert BatchedMAML(model, INNER_LR, 1, compile=True).compile_mode == "default"
-    learner = BatchedMAML(model, INNER_LR, 1, compile="reduce-overhead")
-    assert learner.compile and learner.compile_mode == "reduce-overhead"
+    assert BatchedMAML(model, MAMLSettings(INNER_LR, 1)).compile_mode is None
+    assert BatchedMAML(model, MAMLSettings(INNER_LR, 1), compile=True).compile_mode == "default"
+    learner = BatchedMAML(model, MAMLSettings(INNER_LR, 1), compile="reduce-overhead")
+    assert learner.compile_mode == "reduce-overhead"
 
 
 def test_learn2learn_omniglotcnn_is_rejected():
@@ -427,4 +407,4 @@ def test_learn2learn_omniglotcnn_is_rejected():
     would leave adapted tensors in it, so the batched engine refuses it up front."""
     import learn2learn as l2l
     with pytest.raises(ValueError, match="registered twice"):
-        BatchedMAML(l2l.vision.models.OmniglotCNN(WAYS), INNER_LR, 1)
+        BatchedMAML(l2l.vision.models.OmniglotCNN(WAYS), MAMLSettings(INNER_LR, 1))

@@ -8,14 +8,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from l2l_app.algorithms.maml import MAML
+from l2l_app.algorithms.maml import MAML, MAMLSettings
 from l2l_app.backbones import Classifier, Conv4
 from l2l_app.bench import parse_sweep, percentile, relative_l2, speedup, summarise, time_calls
 from l2l_app.cli import cli
 from l2l_app.errors import ConfigError
 from l2l_app.plots import plot_sweep
-from l2l_app.tasks import EpisodeBatch
-from l2l_app.torchmeta_style import TorchmetaMAML, from_classifier
+from l2l_app.data.types import EpisodeBatch
+from l2l_app.bench.torchmeta_style import TorchmetaMAML, from_classifier
 
 
 class FakeClock:
@@ -79,8 +79,9 @@ def test_torchmeta_style_meta_gradient_equals_loop(steps, first_order, max_pool)
     torch.manual_seed(0)
     model = Classifier(Conv4(1, 8, 28, max_pool=max_pool), 5).double()
     batch = _batch()
-    loop = MAML(copy.deepcopy(model), inner_lr=0.4, inner_steps=steps, first_order=first_order)
-    tm = TorchmetaMAML(from_classifier(model), inner_lr=0.4, inner_steps=steps, first_order=first_order)
+    settings = MAMLSettings(inner_lr=0.4, inner_steps=steps, first_order=first_order)
+    loop = MAML(copy.deepcopy(model), settings)
+    tm = TorchmetaMAML(from_classifier(model), settings)
     assert [n for n, _ in tm.model.named_parameters()] == [n for n, _ in model.named_parameters()]
     m1, m2 = loop.meta_step(batch), tm.meta_step(batch)
     assert m1["loss"] == pytest.approx(m2["loss"], abs=1e-12)

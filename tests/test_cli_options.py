@@ -13,10 +13,9 @@ from typing import Dict, List
 import pytest
 from click.testing import CliRunner
 
-from l2l_app import registry
 from l2l_app.cli import cli
-from l2l_app.config import (ALGORITHMS, APPLIES_TO, DATASET_NAMES, ExperimentConfig, compose, resolve, validate,
-                            with_overrides)
+from l2l_app.config import APPLIES_TO, ExperimentConfig, compose, resolve, validate, with_overrides
+from l2l_app.registry import ALGORITHMS, BACKBONES, DATASETS
 from l2l_app.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,9 +86,9 @@ def test_all_problems_are_named_at_once(tmp_path):
 
 
 def test_defaults_of_other_algorithms_are_not_refused():
-    """Only what the user gave is checked: protonet's config still holds MAML's default inner steps."""
+    """Only what the user gave is checked; each algorithm's config holds only its own settings."""
     config = compose({"algo": "protonet", "ways": 3})
-    assert config.algorithm.inner_steps == 1
+    assert not hasattr(config.algorithm, "inner_steps")
     assert compose({"algo": "reptile", "inner_batch": 4}).algorithm.inner_batch == 4
     assert compose({"algo": "maml"}, recipe="maml-omniglot-5w1s").recipe == "maml-omniglot-5w1s"
     assert compose({"algo": "fomaml"}, recipe="fomaml-omniglot-5w1s").algorithm.first_order is True
@@ -104,54 +103,50 @@ def test_fomaml_is_first_order_maml(synthetic_data_root, tmp_path):
     assert saved["run"]["log_every"] == 7 and saved["run"]["tensorboard"] is False
 
 
-def test_applicability_table_matches_the_learners():
-    """APPLIES_TO lists exactly the settings each meta-learner is built with (plus the optimiser's)."""
-    optimiser = {"meta_lr_final", "lr_decay", "lr_decay_every"}
-    for algo in ALGORITHMS:
-        config = resolve(with_overrides(ExperimentConfig(), {"algo": algo}))
-        used = set(registry.learner_kwargs(config)) & set(APPLIES_TO)
-        assert used == {n for n, algos in APPLIES_TO.items() if algo in algos} - optimiser, algo
-
-
-def test_dataset_choices_are_the_datasets():
-    from l2l_app.datasets import DATASETS
-    assert set(DATASET_NAMES) == set(DATASETS)
+def test_dataset_and_backbone_choices_are_the_registries():
+    from l2l_app.cli import TRAIN_SECTIONS
+    choices = {name: typ.choices for _, specs in TRAIN_SECTIONS for name, typ, _ in specs
+               if hasattr(typ, "choices")}
+    assert list(choices["dataset"]) == DATASETS.names() and list(choices["backbone"]) == BACKBONES.names()
 
 
 # ----------------------------------------------------------------------------- resolve
-@pytest.mark.parametrize("algo", ALGORITHMS)
+@pytest.mark.parametrize("algo", ALGORITHMS.names())
 def test_resolve_fills_derived_values_and_clears_what_does_not_apply(algo):
-    config = with_overrides(ExperimentConfig(), {"algo": algo, "ways": 4, "train_shots": 3, "inner_steps": 2})
+    config = with_overrides(ExperimentConfig(), {"algo": algo, "ways": 4, "train_shots": 3})
     resolved = resolve(config)
     assert (resolved.task.train_ways, resolved.task.train_shots, resolved.task.train_queries) == (4, 3, 15)
-    a, o = resolved.algorithm, resolved.optim
-    unused = {n for n, algos in APPLIES_TO.items() if algo not in algos}
-    nones = {n for n in APPLIES_TO if resolved.flat()[n] is None}
-    assert nones - {"lr_decay_every"} == unused - {"lr_decay_every"}  # its own None means "no decay"
-    expected_inner_lr = {"maml": 0.4, "reptile": 1e-3, "protonet": None}[algo]
-    assert a.inner_lr == expected_inner_lr
-    assert a.test_inner_steps == (None if algo == "protonet" else 2)
-    assert o.meta_lr_final == (0.0 if algo == "reptile" else None)
+    flat = resolved.flat()
+    own = set(ALGORITHMS[algo].setting_names())
+    assert own <= set(flat) and all(flat[n] is not None for n in own), flat  # every derived value filled in
+    assert not {n for n, algos in APPLIES_TO.items() if algo not in algos and flat.get(n) is not None}
     assert resolve(resolved) == resolved  # idempotent
     assert validate(resolved) is resolved
-    for name in ("train_ways", "train_shots", "train_queries", "inner_lr", "test_inner_steps"):
-        if name not in unused:
-            assert getattr(resolved, name) == getattr(config, name), name
+    assert (resolved.train_ways, resolved.train_shots, resolved.train_queries) == \
+        (config.train_ways, config.train_shots, config.train_queries)
 
 
-@pytest.mark.parametrize("algo", ALGORITHMS)
+def test_resolve_derives_test_inner_steps_and_final_epsilon():
+    maml = resolve(with_overrides(ExperimentConfig(), {"algo": "maml", "inner_steps": 2}))
+    assert maml.algorithm.test_inner_steps == 2 and maml.algorithm.inner_lr == 0.4
+    reptile = resolve(with_overrides(ExperimentConfig(), {"algo": "reptile"}))
+    assert reptile.algorithm.meta_lr_final == 0.0 and reptile.optim.lr_decay is None
+
+
+@pytest.mark.parametrize("algo", ALGORITHMS.names())
 def test_resolved_configs_build_learners_and_optimisers(algo):
+    from l2l_app.experiment import build_learner, build_model, build_optimizer
     resolved = resolve(with_overrides(ExperimentConfig(), {"algo": algo, "hidden": 8, "lr_decay_every": None}))
-    model = registry.build_model(resolved, 1, 28)
-    learner = registry.build_learner(resolved, model, "loop")
-    registry.build_optimizer(resolved, learner)
+    learner = build_learner(resolved, build_model(resolved), "loop")
+    build_optimizer(resolved, learner)
 
 
 def test_validate_still_requires_what_applies():
-    unset = resolve(with_overrides(ExperimentConfig(), {"algo": "protonet"}))
-    as_reptile = with_overrides(unset, {"algo": "reptile"})  # inner_batch, inner_optimizer ... are None
+    import dataclasses
+    reptile = resolve(with_overrides(ExperimentConfig(), {"algo": "reptile"}))
+    unset = dataclasses.replace(reptile, algorithm=dataclasses.replace(reptile.algorithm, inner_batch=None))
     with pytest.raises(ConfigError, match="--inner-batch must be set for reptile"):
-        validate(as_reptile)
+        validate(unset)
 
 
 # ----------------------------------------------------------------------------- --config
@@ -163,11 +158,11 @@ def write(path: Path, text: str) -> Path:
 def test_config_file_flat_and_grouped_names(tmp_path):
     flat = write(tmp_path / "flat.toml", 'algo = "maml"\ninner_lr = 0.25\nmeta_batch = 3\nmeta_lr = 1\n')
     config = compose({}, config_file=flat)
-    assert (config.algorithm.algo, config.algorithm.inner_lr, config.optim.meta_batch) == ("maml", 0.25, 3)
+    assert (config.algo, config.algorithm.inner_lr, config.optim.meta_batch) == ("maml", 0.25, 3)
     assert isinstance(config.optim.meta_lr, float)
     grouped = write(tmp_path / "grouped.toml", '[algorithm]\nalgo = "reptile"\ninner_batch = 4\n[run]\nseed = 9\n')
     config = compose({}, config_file=grouped)
-    assert (config.algorithm.algo, config.algorithm.inner_batch, config.run.seed) == ("reptile", 4, 9)
+    assert (config.algo, config.algorithm.inner_batch, config.run.seed) == ("reptile", 4, 9)
     as_json = write(tmp_path / "c.json", json.dumps({"task": {"ways": 7}, "hidden": 16, "recipe": None}))
     config = compose({}, config_file=as_json)
     assert (config.task.ways, config.model.hidden, config.recipe) == (7, 16, None)
@@ -352,8 +347,9 @@ def test_train_help_shows_every_default():
 
 def test_help_shows_the_choices():
     text = help_text("train")
-    for option, choices in [("--algo", "protonet|maml|reptile|fomaml"), ("--dataset", "omniglot|miniimagenet"),
-                            ("--sampler", "auto|l2l|tensor"), ("--backbone", "conv4|conv4-strided"),
+    algos = "|".join(ALGORITHMS.names()) + "|fomaml"
+    for option, choices in [("--algo", algos), ("--dataset", "|".join(DATASETS.names())),
+                            ("--sampler", "auto|l2l|tensor"), ("--backbone", "|".join(BACKBONES.names())),
                             ("--engine", "auto|loop|batched"), ("--inner-optimizer", "adam|sgd")]:
         assert f"{option} [{choices}]" in option_line(text, option)
     assert "--device TEXT" in option_line(text, "--device")  # free text: cuda:N
@@ -364,13 +360,13 @@ def test_help_shows_the_choices():
 
 def test_train_help_groups_the_options():
     text = help_text("train")
-    titles = ["Experiment:", "Data:", "Episodes:", "Model:", "MAML / Reptile:", "Meta-optimiser:", "Run:",
+    titles = ["Experiment:", "Data:", "Episodes:", "Model:", "Algorithm settings:", "Meta-optimiser:", "Run:",
               "Run directory:"]
     positions = [text.index(f"\n{t}\n") for t in titles]
     assert positions == sorted(positions)
     sections = dict(zip(titles, re.split(r"\n(?:" + "|".join(map(re.escape, titles)) + r")\n", text)[1:]))
     for title, option in [("Data:", "--data-root"), ("Episodes:", "--train-queries"), ("Model:", "--backbone"),
-                          ("MAML / Reptile:", "--inner-lr"), ("Meta-optimiser:", "--lr-decay-every"),
+                          ("Algorithm settings:", "--inner-lr"), ("Meta-optimiser:", "--lr-decay-every"),
                           ("Run:", "--log-every"), ("Run:", "--tensorboard"), ("Run directory:", "--overwrite"),
                           ("Experiment:", "--config")]:
         assert re.search(rf"^  {option}\b", sections[title], re.M), (title, option)

@@ -6,40 +6,45 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2l_app.config import (ExperimentConfig, FIELD_GROUP, GROUPS, flag, from_dict, validate, with_overrides)
+from l2l_app.config import (ExperimentConfig, FIELD_GROUP, GROUPS, flag, from_dict, resolve, validate,
+                            with_overrides)
 from l2l_app.errors import ConfigError
+from l2l_app.experiment import resolve_engine
+from l2l_app.registry import ALGORITHMS
 
 
 def test_defaults_validate():
-    assert validate(ExperimentConfig()).algorithm.algo == "protonet"
+    assert validate(ExperimentConfig()).algo == "protonet"
 
 
-def test_every_setting_has_one_flat_name():
-    config = ExperimentConfig()
+@pytest.mark.parametrize("algo", ALGORITHMS.names())
+def test_every_setting_has_one_flat_name(algo):
+    config = with_overrides(ExperimentConfig(), {"algo": algo})
     flat = config.flat()
-    assert set(flat) == set(FIELD_GROUP)
-    # one name each: no two groups share a field name (flat() would silently keep only one)
-    assert sum(len(dataclasses.fields(getattr(config, group))) for group in GROUPS) == len(flat)
+    assert set(flat) <= set(FIELD_GROUP)
+    assert set(ALGORITHMS[algo].setting_names()) <= set(flat)
+    # one name each: no two groups share a field name (flat() would silently keep only one); +1: algo
+    assert sum(len(dataclasses.fields(getattr(config, group))) for group in GROUPS) + 1 == len(flat)
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("ways", 1, "--ways must be >= 2"),
-    ("shots", 0, "--shots must be >= 1"),
-    ("queries", -3, "--queries must be >= 1"),
-    ("meta_batch", 0, "--meta-batch must be >= 1"),
-    ("iterations", 2.5, "--iterations must be a whole number"),
-    ("inner_lr", 0.0, "--inner-lr must be a positive number"),
-    ("meta_lr", float("nan"), "--meta-lr must be a positive number"),
-    ("inner_steps", -1, "--inner-steps must be >= 0"),
-    ("algo", "mamll", "--algo 'mamll' is not one of protonet, maml, reptile; did you mean 'maml'?"),
-    ("engine", "fast", "--engine 'fast' is not one of auto, loop, batched"),
-    ("dataset", "omniglott", "did you mean 'omniglot'?"),
-    ("inner_optimizer", "rmsprop", "--inner-optimizer 'rmsprop' is not one of adam, sgd"),
+@pytest.mark.parametrize("name,value,expected,algo", [
+    ("ways", 1, "--ways must be >= 2", "protonet"),
+    ("shots", 0, "--shots must be >= 1", "protonet"),
+    ("queries", -3, "--queries must be >= 1", "protonet"),
+    ("meta_batch", 0, "--meta-batch must be >= 1", "protonet"),
+    ("iterations", 2.5, "--iterations must be a whole number", "protonet"),
+    ("inner_lr", 0.0, "--inner-lr must be a positive number", "maml"),
+    ("meta_lr", float("nan"), "--meta-lr must be a positive number", "protonet"),
+    ("inner_steps", -1, "--inner-steps must be >= 0", "reptile"),
+    ("inner_steps", 0, "--inner-steps must be >= 1", "maml"),
+    ("algo", "mamll", "--algo 'mamll' is not one of maml, protonet, reptile; did you mean 'maml'?", None),
+    ("engine", "fast", "--engine 'fast' is not one of auto, loop, batched", "protonet"),
+    ("dataset", "omniglott", "did you mean 'omniglot'?", "protonet"),
+    ("inner_optimizer", "rmsprop", "--inner-optimizer 'rmsprop' is not one of adam, sgd", "reptile"),
 ])
-def test_invalid_values_name_their_flag(name, value, expected):
-    config = with_overrides(ExperimentConfig(), {name: value})
+def test_invalid_values_name_their_flag(name, value, expected, algo):
     with pytest.raises(ConfigError) as err:
-        validate(config)
+        validate(with_overrides(ExperimentConfig(), {**({"algo": algo} if algo else {}), name: value}))
     assert expected in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -68,11 +73,26 @@ def test_round_trip_and_derived_settings():
     again = from_dict(config.to_dict())
     assert again == config
     assert again.train_ways == 60 and again.train_shots == config.task.shots
-    assert again.test_inner_steps == 5
+    assert resolve(again).algorithm.test_inner_steps == 5
     # an explicit test_inner_steps survives the round trip and wins over the derived value
     explicit = with_overrides(config, {"test_inner_steps": 10})
     assert from_dict(explicit.to_dict()) == explicit != config
-    assert from_dict(explicit.to_dict()).test_inner_steps == 10
+    assert resolve(from_dict(explicit.to_dict())).algorithm.test_inner_steps == 10
+
+
+def test_configs_of_older_versions_still_load():
+    """config.json before settings were nested per algorithm: every algorithm setting in one group,
+    null where it did not apply, meta_lr_final among the optimiser's."""
+    old = {"algorithm": {"algo": "reptile", "inner_lr": 0.001, "inner_steps": 5, "test_inner_steps": 50,
+                         "first_order": None, "inner_batch": 10, "inner_optimizer": "adam", "transductive": True},
+           "optim": {"meta_lr": 1.0, "meta_lr_final": 0.0, "meta_batch": 5, "iterations": 10, "grad_clip": None,
+                     "lr_decay_every": None, "lr_decay": None},
+           "task": {"ways": 5}, "recipe": None}
+    config = from_dict(old)
+    assert config.algo == "reptile" and config.algorithm.meta_lr_final == 0.0
+    assert config.algorithm.test_inner_steps == 50 and config.optim.meta_batch == 5
+    protonet = from_dict({"algorithm": {"algo": "protonet", "inner_lr": None, "inner_steps": None}})
+    assert protonet.algo == "protonet"
 
 
 def test_flag_names():
@@ -118,31 +138,35 @@ MEASURED = measured_engine_timings()
                          ids=[m[0] for m in MEASURED])
 def test_auto_engine_picks_the_engine_measured_faster(algo, device, meta_batch, median_ms):
     """--engine auto picks the engine with the smaller median time in each committed measurement."""
-    from l2l_app.registry import resolve_engine
     faster = min(median_ms, key=median_ms.get)
-    assert resolve_engine(algo, "auto", torch.device(device), meta_batch) == faster, median_ms
+    config = with_overrides(ExperimentConfig(), {"algo": algo})
+    assert resolve_engine(config, torch.device(device), "auto", meta_batch) == faster, median_ms
 
 
 def test_engine_measurements_cover_every_algorithm_and_device():
-    """The measurements above are there to check: every algorithm on CPU and CUDA, and the
-    meta-batch-1 CUDA point of the sweep, where the loop is faster (11.5 vs 19.8 ms)."""
+    """Every engine choice an algorithm declares for `auto` (`AlgorithmSpec.auto_engine`) has a
+    measurement above to check it against, and so does the meta-batch-1 CUDA point of the sweep,
+    where the loop is faster (11.5 vs 19.8 ms).  (A device an algorithm declares nothing for gets
+    the loop.)"""
     covered = {(algo, device) for _, algo, device, _, _ in MEASURED}
-    assert covered == {(a, d) for a in ("protonet", "maml", "reptile") for d in ("cpu", "cuda")}
+    declared = {(name, device) for name, spec in ALGORITHMS.items() for device in spec.auto_engine}
+    assert declared <= covered, declared - covered
     one_task = [t for name, algo, device, mb, t in MEASURED
                 if (algo, device, mb) == ("maml", "cuda", 1) and "/sweep-meta-batch/" in name]
     assert len(one_task) == 1 and one_task[0]["loop"] < one_task[0]["batched"]
 
 
 def test_explicit_engine_is_kept():
-    from l2l_app.registry import resolve_engine
-    for engine in ENGINES:
-        for device in ("cpu", "cuda"):
-            assert resolve_engine("protonet", engine, torch.device(device), 1) == engine
-            assert resolve_engine("maml", engine, torch.device(device), 64) == engine
+    for algo in ("protonet", "maml"):
+        config = with_overrides(ExperimentConfig(), {"algo": algo})
+        for engine in ENGINES:
+            for device in ("cpu", "cuda"):
+                assert resolve_engine(config, torch.device(device), engine, 1) == engine
+                assert resolve_engine(config, torch.device(device), engine, 64) == engine
 
 
 def test_inner_lr_default_depends_on_the_algorithm():
     maml = with_overrides(ExperimentConfig(), {"algo": "maml"})
     reptile = with_overrides(ExperimentConfig(), {"algo": "reptile"})
-    assert (maml.inner_lr, reptile.inner_lr) == (0.4, 1e-3)
-    assert with_overrides(ExperimentConfig(), {"algo": "reptile", "inner_lr": 0.01}).inner_lr == 0.01
+    assert (maml.algorithm.inner_lr, reptile.algorithm.inner_lr) == (0.4, 1e-3)
+    assert with_overrides(ExperimentConfig(), {"algo": "reptile", "inner_lr": 0.01}).algorithm.inner_lr == 0.01

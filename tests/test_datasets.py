@@ -1,6 +1,7 @@
 """Dataset loading: layouts, preprocessing, rotations, cache, errors, the real splits."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import zipfile
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from l2l_app import datasets as D
-from l2l_app import image_sources, split_cache
-from l2l_app.datasets import DATASETS, SplitData, build_metadataset, check_disjoint, load_split, load_splits
+from l2l_app.data import SplitData, build_metadataset, check_disjoint, load_split, load_splits
+from l2l_app.data import cache as split_cache
+from l2l_app.data import images, miniimagenet, omniglot
+from l2l_app.data.types import SPLITS_DIR
 from l2l_app.errors import DataError
+from l2l_app.registry import DATASETS
 
 from conftest import corrupt_zip_member
 
@@ -83,7 +86,7 @@ def test_cache_hit_returns_identical_tensors_without_decoding(synthetic_omniglot
     def boom(*a, **k):
         raise AssertionError("decoded although the cache should have been used")
 
-    monkeypatch.setattr(image_sources, "decode", boom)
+    monkeypatch.setattr(images, "decode", boom)
     again = _load(s.zip_root, "train", s.split_dir)
     assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
     assert first.class_names == again.class_names
@@ -95,30 +98,30 @@ def test_cache_hit_returns_identical_tensors_without_decoding(synthetic_omniglot
 def test_cache_key_changes_with_preprocessing_and_inputs(synthetic_omniglot, monkeypatch):
     s = synthetic_omniglot
     spec = DATASETS["omniglot"]
-    source = image_sources.open_source(spec, s.zip_root)
+    source = spec.open(s.zip_root)
     split_file = s.split_dir / "train.txt"
-    key = D.cache_key(spec, source, split_file)
-    assert key == D.cache_key(spec, image_sources.open_source(spec, s.zip_root), split_file)
-    assert key != D.cache_key(spec, source, s.split_dir / "val.txt")
-    monkeypatch.setattr(image_sources, "RESIZE_FILTER", "BILINEAR")
-    assert D.cache_key(spec, source, split_file) != key
-    monkeypatch.setattr(image_sources, "RESIZE_FILTER", "LANCZOS")
+    key = split_cache.cache_key(spec, source, split_file)
+    assert key == split_cache.cache_key(spec, spec.open(s.zip_root), split_file)
+    assert key != split_cache.cache_key(spec, source, s.split_dir / "val.txt")
+    monkeypatch.setattr(images, "RESIZE_FILTER", "BILINEAR")
+    assert split_cache.cache_key(spec, source, split_file) != key
+    monkeypatch.setattr(images, "RESIZE_FILTER", "LANCZOS")
     monkeypatch.setattr(split_cache, "CACHE_VERSION", split_cache.CACHE_VERSION + 1)
-    assert D.cache_key(spec, source, split_file) != key
+    assert split_cache.cache_key(spec, source, split_file) != key
     monkeypatch.undo()
-    other = D.DatasetSpec("omniglot", 1, 32, spec.default_root)
-    assert D.cache_key(other, source, split_file) != key
+    other = dataclasses.replace(spec, image_size=32)
+    assert split_cache.cache_key(other, source, split_file) != key
     # Content of the data: a changed zip changes the key.
     with zipfile.ZipFile(s.zip_root / "images_background.zip", "a") as zf:
         zf.writestr("images_background/Alpha/character01/extra.txt", b"x")
-    assert D.cache_key(spec, image_sources.open_source(spec, s.zip_root), split_file) != key
+    assert split_cache.cache_key(spec, spec.open(s.zip_root), split_file) != key
     # Folder layout: touching a file changes the key.
-    fsrc = image_sources.open_source(spec, s.folder_root)
-    fkey = D.cache_key(spec, fsrc, split_file)
+    fsrc = spec.open(s.folder_root)
+    fkey = split_cache.cache_key(spec, fsrc, split_file)
     png = next((s.folder_root / "images_background" / "Alpha" / "character01").glob("*.png"))
     st = png.stat()
     os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert D.cache_key(spec, image_sources.open_source(spec, s.folder_root), split_file) != fkey
+    assert split_cache.cache_key(spec, spec.open(s.folder_root), split_file) != fkey
 
 
 def test_read_only_root_falls_back_to_cache_dir(synthetic_omniglot, tmp_path, monkeypatch):
@@ -130,7 +133,7 @@ def test_read_only_root_falls_back_to_cache_dir(synthetic_omniglot, tmp_path, mo
         a = _load(s.zip_root, "val", s.split_dir)
         assert not (s.zip_root / ".cache").exists()
         assert len(list(fallback.glob("omniglot-val-*.pt"))) == 1
-        monkeypatch.setattr(image_sources, "decode", lambda *a, **k: pytest.fail("cache not used"))
+        monkeypatch.setattr(images, "decode", lambda *a, **k: pytest.fail("cache not used"))
         assert torch.equal(_load(s.zip_root, "val", s.split_dir).images, a.images)
     finally:
         os.chmod(s.zip_root, 0o755)
@@ -198,7 +201,7 @@ def test_missing_root_file_root_and_unreadable(tmp_path, monkeypatch):
     f.write_bytes(b"x")
     with pytest.raises(DataError, match=r"is a file, not a folder; pass --data-root .*\(pass its folder"):
         _load(f)
-    monkeypatch.setattr(image_sources, "_readable", lambda p: False)
+    monkeypatch.setattr(images, "_readable", lambda p: False)
     with pytest.raises(DataError, match=r"data root .* is not readable \(permission denied\)"):
         _load(tmp_path)
 
@@ -282,7 +285,7 @@ def test_error_messages_are_one_line(tmp_path):
 
 
 def _split_characters(split: str) -> list:
-    lines = D.read_omniglot_split(D.SPLITS_DIR / "omniglot-vinyals" / f"{split}.txt")
+    lines = omniglot.read_omniglot_split(SPLITS_DIR / "omniglot-vinyals" / f"{split}.txt")
     return lines
 
 
@@ -301,7 +304,7 @@ def test_packaged_vinyals_split_files():
 def test_packaged_ravi_split_files():
     counts = {}
     for split, n in (("train", 64), ("val", 16), ("test", 20)):
-        rows = D.read_csv(D.SPLITS_DIR / "miniimagenet-ravi" / f"{split}.csv")
+        rows = miniimagenet.read_csv(SPLITS_DIR / "miniimagenet-ravi" / f"{split}.csv")
         labels = {lab for _, lab in rows}
         assert len(labels) == n and len(rows) == 600 * n
         counts[split] = labels
@@ -329,3 +332,98 @@ def test_miniimagenet_sample_loads(miniimagenet_sample):
     again = load_split("miniimagenet", "val", miniimagenet_sample, progress=False)
     assert torch.equal(d.images, again.images)
     assert not (miniimagenet_sample / ".cache").exists()
+
+
+# ----------------------------------------------------------------------------- the package: registry, interface, imports
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "l2l_app" / "data"
+DATA_MODULES = sorted(f"l2l_app.data.{p.stem}" for p in DATA_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+def test_import_submodules_registered_every_dataset_module():
+    # Each dataset module registered itself when `l2l_app.data` imported the package's modules.
+    assert {"omniglot", "miniimagenet"} <= set(DATASETS)
+    assert type(DATASETS["omniglot"]).__module__ == "l2l_app.data.omniglot"
+    assert type(DATASETS["miniimagenet"]).__module__ == "l2l_app.data.miniimagenet"
+    assert DATASETS.names()[0] == "omniglot"  # the default first: listings and messages start with it
+
+
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_registered_dataset_implements_the_interface(name):
+    from l2l_app.data import dataset_spec
+    from l2l_app.data.types import Dataset
+
+    spec = DATASETS[name]
+    assert isinstance(spec, Dataset) and not type(spec).__abstractmethods__
+    assert spec.name == name and dataset_spec(name) is spec
+    assert spec.in_channels in (1, 3) and spec.image_size > 0 and spec.splits
+    assert spec.default_root is None or isinstance(spec.default_root, Path)
+    # Every dataset gives the cache key the same parameter names (values differ).
+    assert set(spec.cache_params()) == set(DATASETS["omniglot"].cache_params())
+    # Packaged split files, when the dataset has them, exist for every split.
+    if spec.packaged_splits is not None:
+        assert spec.split_files(Path("/nonexistent"), None) == {
+            s: spec.packaged_splits / f"{s}.{spec.split_suffix}" for s in spec.splits}
+    for method in ("open", "build", "cache_params", "split_files", "expected_split_file"):
+        assert callable(getattr(spec, method))
+
+
+def _module_imports(path: Path):
+    """Names of the modules `path` imports at module level (not in functions or TYPE_CHECKING blocks)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: within l2l_app.data
+                base = "l2l_app.data" + (f".{base}" if base else "")
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in DATA_MODULES}
+    return out
+
+
+def test_types_is_a_leaf_and_the_modules_form_no_cycle():
+    import sys
+
+    leaf = _module_imports(DATA_DIR / "types.py")
+    allowed = set(sys.stdlib_module_names) | {"torch", "__future__", "l2l_app.errors"}
+    assert {m for m in leaf if m.split(".")[0] not in allowed and m not in allowed} == set()
+    graph = {m: {i for i in _module_imports(DATA_DIR / f"{m.rsplit('.', 1)[1]}.py") if i in DATA_MODULES}
+             for m in DATA_MODULES}
+    done: set = set()
+
+    def visit(m, path):
+        assert m not in path, f"import cycle: {' -> '.join(path + [m])}"
+        if m not in done:
+            for n in graph[m]:
+                visit(n, path + [m])
+            done.add(m)
+
+    for m in DATA_MODULES:
+        visit(m, [])
+
+
+def test_only_a_dataset_module_names_its_dataset():
+    import ast
+
+    for p in DATA_DIR.glob("*.py"):
+        literals = {n.value for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Constant)}
+        for name in DATASETS:
+            if p.stem != name:
+                assert name not in literals, f"{p.name} names the dataset {name!r}; ask its Dataset object instead"
+
+
+@pytest.mark.parametrize("module", DATA_MODULES)
+def test_each_module_imports_alone(module):
+    import subprocess
+    import sys
+
+    code = f"import {module}; from l2l_app.registry import DATASETS; print(','.join(DATASETS))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=DATA_DIR.parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == ",".join(DATASETS)

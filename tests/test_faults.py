@@ -131,7 +131,7 @@ def test_diverging_run_stops_with_exit_1(synthetic_data_root, tmp_path, flag, st
         assert f"keeping the last good checkpoint in {out / 'checkpoints' / 'last.pt'}" in err
         state = ckpt(out)
         assert state["step"] == step - 1
-        assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+        assert all(torch.isfinite(v).all() for v in state["learner"]["model"].values() if v.is_floating_point())
     else:
         assert "no checkpoint had been written yet" in err
     # --skip-nonfinite: the run goes on and reports the skipped steps.

@@ -100,9 +100,9 @@ def test_sigkill_then_resume_is_bit_identical(straight, synthetic_data_root, tmp
 
     a, b = checkpoint(straight), checkpoint(run_dir)
     assert a["step"] == b["step"] == ITERATIONS
-    assert a["model"].keys() == b["model"].keys()
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["learner"]["model"].keys() == b["learner"]["model"].keys()
+    for name in a["learner"]["model"]:
+        assert torch.equal(a["learner"]["model"][name], b["learner"]["model"][name]), name
     for x, y in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert all(torch.equal(x[k], y[k]) for k in x)
     # The log has every step exactly once and the same numbers (wall time aside).

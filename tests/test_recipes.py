@@ -21,7 +21,7 @@ def test_required_recipes_exist():
 def test_recipe_loads_and_validates(name):
     recipe = load_recipe(name)
     config = validate(with_overrides(ExperimentConfig(), recipe.settings))
-    assert config.algorithm.algo in name
+    assert config.algo in name
     assert config.data.dataset in name
     assert f"{config.task.ways}w{config.task.shots}s" in name
     assert 0 < recipe.reported_accuracy <= 100

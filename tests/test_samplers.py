@@ -8,8 +8,8 @@ import torch
 from scipy.stats import chisquare
 
 from l2l_app.errors import ConfigError
-from l2l_app.samplers import L2LTaskSource, TensorTaskSource, build_task_source
-from l2l_app.tasks import EpisodeBatch
+from l2l_app.data import EpisodeBatch, build_task_source
+from l2l_app.data.samplers import L2LTaskSource, TensorTaskSource
 
 KINDS = ("l2l", "tensor")
 

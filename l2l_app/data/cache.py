@@ -1,11 +1,11 @@
-"""The tensor cache of decoded splits.
+"""The tensor cache of decoded splits, for any dataset.
 
 Each split is decoded once, resized, and cached as one uint8 tensor file
 `<dataset>-<split>-<key>.pt`; a later load reads that file (well under a second).  The key
-(`cache_key`) hashes the source's content, the preprocessing parameters, the split file and
-CACHE_VERSION, so any change to them misses the cache.  Caches live in `<data root>/.cache`,
-else $L2L_APP_CACHE_DIR or ~/.cache/l2l_app (see `cache_dirs`); an unreadable cache file is
-ignored with a warning and rebuilt.
+(`cache_key`) hashes the source's content, the dataset's preprocessing parameters
+(`Dataset.cache_params`), the resize filter, the split file and CACHE_VERSION, so any change to
+them misses the cache.  Caches live in `<data root>/.cache`, else $L2L_APP_CACHE_DIR or
+~/.cache/l2l_app (see `cache_dirs`); an unreadable cache file is ignored with a warning and rebuilt.
 """
 from __future__ import annotations
 
@@ -14,28 +14,22 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import torch
 
-from l2l_app import image_sources
+from l2l_app.data import images
+from l2l_app.data.types import Dataset, Source, SplitData
 from l2l_app.errors import CheckpointError
 from l2l_app.fileio import atomic_write
-from l2l_app.image_sources import one_line
-
-if TYPE_CHECKING:
-    from l2l_app.datasets import DatasetSpec, SplitData
-    from l2l_app.image_sources import Source
 
 CACHE_VERSION = 1
 
 
-def cache_key(spec: "DatasetSpec", source: "Source", split_file: Path) -> str:
+def cache_key(dataset: Dataset, source: Source, split_file: Path) -> str:
     """Short hash of source content, preprocessing parameters, the split file and CACHE_VERSION."""
     h = hashlib.sha256()
-    params = {"version": CACHE_VERSION, "dataset": spec.name, "image_size": spec.image_size,
-              "channels": spec.in_channels, "filter": image_sources.RESIZE_FILTER,
-              "rotations": spec.name == "omniglot", "invert": spec.name == "omniglot"}
+    params = {"version": CACHE_VERSION, "filter": images.RESIZE_FILTER, **dataset.cache_params()}
     h.update(json.dumps(params, sort_keys=True).encode())
     h.update(source.fingerprint(split_file).encode())
     h.update(split_file.read_bytes())
@@ -48,31 +42,30 @@ def cache_dirs(root: Path) -> List[Path]:
     return [root / ".cache", Path(fallback).expanduser() if fallback else Path.home() / ".cache" / "l2l_app"]
 
 
-def _cache_name(spec: "DatasetSpec", split: str, key: str) -> str:
-    return f"{spec.name}-{split}-{key}.pt"
+def cache_name(dataset: Dataset, split: str, key: str) -> str:
+    """The cache file's name: `<dataset>-<split>-<key>.pt`."""
+    return f"{dataset.name}-{split}-{key}.pt"
 
 
-def read_cache_path(spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional[Path]:
+def read_cache_path(dataset: Dataset, split: str, key: str, root: Path) -> Optional[Path]:
     """The first existing cache file of (split, key) among `cache_dirs(root)`, or None."""
     for d in cache_dirs(root):
-        p = d / _cache_name(spec, split, key)
+        p = d / cache_name(dataset, split, key)
         if p.is_file():
             return p
     return None
 
 
-def read_cache(spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional["SplitData"]:
+def read_cache(dataset: Dataset, split: str, key: str, root: Path) -> Optional[SplitData]:
     """The cached split (images uint8 [N, C, H, W], labels int64 [N]), or None on a miss or an unreadable file."""
-    p = read_cache_path(spec, split, key, root)
+    p = read_cache_path(dataset, split, key, root)
     if p is None:
         return None
-    from l2l_app.datasets import SplitData  # local import: datasets imports this module
-
     try:
         d = torch.load(p, map_location="cpu", weights_only=True)
-        return SplitData(d["images"], d["labels"], list(d["class_names"]), spec.name, split)
+        return SplitData(d["images"], d["labels"], list(d["class_names"]), dataset.name, split)
     except Exception as e:  # a truncated or foreign file: rebuild it
-        warnings.warn(f"ignoring unreadable cache {p}: {one_line(e)}", stacklevel=3)
+        warnings.warn(f"ignoring unreadable cache {p}: {images.one_line(e)}", stacklevel=3)
         return None
 
 
@@ -92,7 +85,7 @@ def _dir_writable(d: Path) -> bool:
         return False
 
 
-def write_cache(data: "SplitData", spec: "DatasetSpec", split: str, key: str, root: Path) -> Optional[Path]:
+def write_cache(data: SplitData, dataset: Dataset, split: str, key: str, root: Path) -> Optional[Path]:
     """Atomically write the cache into the first writable cache dir; warn and return None if none is."""
     payload = {"images": data.images, "labels": data.labels, "class_names": list(data.class_names),
                "key": key, "version": CACHE_VERSION}
@@ -101,11 +94,11 @@ def write_cache(data: "SplitData", spec: "DatasetSpec", split: str, key: str, ro
             continue
         try:
             d.mkdir(parents=True, exist_ok=True)
-            target = d / _cache_name(spec, split, key)
+            target = d / cache_name(dataset, split, key)
             atomic_write(target, lambda f: torch.save(payload, f))
             return target
         except (OSError, CheckpointError):
             continue
-    warnings.warn(f"could not write a cache for the {spec.name} {split} split (no writable folder among "
+    warnings.warn(f"could not write a cache for the {dataset.name} {split} split (no writable folder among "
                   f"{', '.join(map(str, cache_dirs(root)))}); set L2L_APP_CACHE_DIR", stacklevel=3)
     return None

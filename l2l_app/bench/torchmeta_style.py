@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .algorithms.base import MetaLearner, accuracy
-from .backbones import BN_EPS, Classifier, Conv4, TaskBatchNorm2d
-from .tasks import EpisodeBatch
+from ..algorithms.maml import MAMLSettings
+from ..backbones import BN_EPS, Classifier, Conv4, TaskBatchNorm2d
+from ..data.types import EpisodeBatch
+from ..learner import MetaLearner, accuracy
 
 ParamDict = "OrderedDict[str, torch.Tensor]"
 
@@ -169,20 +170,17 @@ class TorchmetaMAML(MetaLearner):
 
     engine = "torchmeta"
 
-    def __init__(self, model: MetaClassifier, inner_lr: float, inner_steps: int,
-                 test_inner_steps: int | None = None, first_order: bool = False) -> None:
-        super().__init__(model)
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.test_inner_steps = inner_steps if test_inner_steps is None else test_inner_steps
-        self.first_order = first_order
+    settings: MAMLSettings
+
+    def __init__(self, model: MetaClassifier, settings: MAMLSettings) -> None:
+        super().__init__(model, settings)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
               first_order: bool) -> "OrderedDict[str, torch.Tensor]":
         params = None
         for _ in range(steps):
             loss = F.cross_entropy(self.model(support_x, params=params), support_y)
-            params = gradient_update_parameters(self.model, loss, params, self.inner_lr, first_order)
+            params = gradient_update_parameters(self.model, loss, params, self.settings.inner_lr, first_order)
         return params if params is not None else OrderedDict(self.model.meta_named_parameters())
 
     def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
@@ -190,7 +188,7 @@ class TorchmetaMAML(MetaLearner):
         outer_loss = torch.zeros((), device=batch.query_x.device, dtype=next(self.model.parameters()).dtype)
         acc = torch.zeros_like(outer_loss)
         for sx, sy, qx, qy in batch.tasks():
-            params = self.adapt(sx, sy, self.inner_steps, self.first_order)
+            params = self.adapt(sx, sy, self.settings.inner_steps, self.settings.first_order)
             logits = self.model(qx, params=params)
             outer_loss = outer_loss + F.cross_entropy(logits, qy)
             acc = acc + accuracy(logits.detach(), qy)
@@ -199,6 +197,17 @@ class TorchmetaMAML(MetaLearner):
         return {"loss": outer_loss.item(), "accuracy": (acc / batch.num_tasks).item()}
 
     def predict(self, support_x, support_y, query_x, ways):
-        params = self.adapt(support_x, support_y, self.test_inner_steps, first_order=True)
+        params = self.adapt(support_x, support_y, self.settings.test_inner_steps, first_order=True)
         with torch.no_grad():
             return self.model(query_x, params=params)
+
+
+def build(config, model: nn.Module) -> Tuple[Optional[TorchmetaMAML], Optional[str]]:
+    """(the Torchmeta-style learner on a copy of `model`, None), or (None, why it does not apply):
+    it computes MAML/FOMAML on Classifier(Conv4) only."""
+    if not isinstance(config.algorithm, MAMLSettings):
+        return None, f"not applicable: Torchmeta-style computation is MAML/FOMAML only (--algo {config.algo})"
+    try:
+        return TorchmetaMAML(from_classifier(model), config.algorithm), None
+    except TypeError as exc:
+        return None, f"not applicable: {exc}"

@@ -1,9 +1,9 @@
-"""Backbones: Conv4 (Vinyals et al. 2016; Finn et al. 2017) and a linear-head classifier.
+"""Task batch norm: batch statistics only, per task when several tasks are folded into dim 0.
 
-Every normalisation layer is a `TaskBatchNorm2d`: batch statistics in training *and*
-evaluation (the transductive setting of the MAML paper and learn2learn's examples),
-no running statistics, so nothing can leak between tasks or between a model and its
-clones. It has two numerically equivalent implementations:
+Every normalisation layer of every backbone is a `TaskBatchNorm2d`: batch statistics in
+training *and* evaluation (the transductive setting of the MAML paper and learn2learn's
+examples), no running statistics, so nothing can leak between tasks or between a model and
+its clones. It has two numerically equivalent implementations:
 
 * ``native``: `torch.nn.functional.batch_norm` (cuDNN on a GPU);
 * ``primitive``: mean, biased variance, rsqrt and an affine map.  Needed under
@@ -97,67 +97,3 @@ def batchnorm_mode(model: nn.Module, impl: str = "primitive", tasks: int = 1) ->
     finally:
         for m, (old_impl, old_tasks) in zip(layers, saved):
             m.impl, m.tasks = old_impl, old_tasks
-
-
-def conv_block(in_channels: int, out_channels: int, max_pool: bool) -> nn.Sequential:
-    """3x3 conv -> batch norm -> ReLU -> 2x2 max-pool (or stride-2 conv when max_pool=False)."""
-    stride = 1 if max_pool else 2
-    layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
-        TaskBatchNorm2d(out_channels),
-        nn.ReLU(),
-    ]
-    if max_pool:
-        layers.append(nn.MaxPool2d(2))
-    return nn.Sequential(*layers)
-
-
-class Conv4(nn.Module):
-    """Four conv blocks; input [N, C, H, W] -> features [N, feature_size].
-
-    Omniglot 1x28x28 with 64 filters -> 64 features; mini-ImageNet 3x84x84 with 32 filters -> 800.
-    """
-
-    def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28,
-                 max_pool: bool = True) -> None:
-        super().__init__()
-        self.blocks = nn.Sequential(*[conv_block(in_channels if i == 0 else hidden, hidden, max_pool)
-                                      for i in range(4)])
-        side = image_size
-        for _ in range(4):
-            side = side // 2 if max_pool else (side + 1) // 2
-        self.feature_size = hidden * side * side
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x).flatten(1)
-
-
-class Classifier(nn.Module):
-    """Backbone features followed by a linear layer over `ways` classes (MAML, Reptile)."""
-
-    def __init__(self, backbone: nn.Module, ways: int) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.feature_size, ways)
-        self.feature_size = backbone.feature_size
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
-
-
-def build_backbone(name: str, in_channels: int, image_size: int, hidden: int) -> nn.Module:
-    """Backbone by name ('conv4' max-pool, 'conv4-strided' stride-2 convs as in MAML's Omniglot net)."""
-    if name == "conv4":
-        return Conv4(in_channels, hidden, image_size, max_pool=True)
-    if name == "conv4-strided":
-        return Conv4(in_channels, hidden, image_size, max_pool=False)
-    raise ValueError(f"unknown backbone {name!r}; choose from conv4, conv4-strided")
-
-
-def assert_no_aliased_submodules(model: nn.Module) -> None:
-    """Raise if a submodule is registered under two names (breaks `functional_call`)."""
-    seen: dict[int, str] = {}
-    for name, module in model.named_modules(remove_duplicate=False):
-        if id(module) in seen and seen[id(module)] != name:
-            raise ValueError(f"submodule registered twice: {seen[id(module)]!r} and {name!r}")
-        seen.setdefault(id(module), name)

@@ -2,10 +2,10 @@
 
 Implementations (``--impl``):
 
-* ``loop``: the learn2learn per-task engine (`registry.LOOP`), the reference and the baseline;
-* ``torchmeta``: `l2l_app.torchmeta_style`, a re-implementation of Torchmeta's way of computing
-  MAML (Torchmeta itself pins torch<1.10); MAML/FOMAML only;
-* ``batched``: the torch.func engine (`batched.BATCHED`); ``batched-compiled``: the same under
+* ``loop``: the algorithm's loop learner (learn2learn, one task at a time), the reference and the baseline;
+* ``torchmeta``: `l2l_app.bench.torchmeta_style`, a re-implementation of Torchmeta's way of
+  computing MAML (Torchmeta itself pins torch<1.10); MAML/FOMAML only;
+* ``batched``: the algorithm's batched learner (torch.func); ``batched-compiled``: the same under
   `torch.compile`; ``batched-cudagraphs``: under `torch.compile(mode="reduce-overhead")` (CUDA
   graphs; GPU only in practice).  A compiled impl's first call, compilation included, is
   reported as ``compile_s``.
@@ -25,6 +25,7 @@ every few ms during that impl's calls.  Same process, so same episodes and weigh
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import resource
@@ -37,10 +38,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from . import registry, runtime
-from .config import ExperimentConfig, validate, with_overrides
-from .errors import ConfigError
-from .tasks import EpisodeBatch
+from .. import runtime
+from ..config import ExperimentConfig, resolve, validate, with_overrides
+from ..data import EpisodeBatch, SplitData, build_task_source, load_split
+from ..errors import ConfigError
+from ..experiment import build_learner, build_model
+from ..registry import DATASETS
+from . import torchmeta_style
 
 IMPLS = ("loop", "torchmeta", "batched", "batched-compiled", "batched-cudagraphs")
 #: torch.compile mode of each compiled impl
@@ -178,6 +182,12 @@ class MemoryMeter:
 # ------------------------------------------------------------------------------ building the impls
 @dataclass
 class BenchSettings:
+    """What to time: the workload (as a training run would set it) and how to time it.
+
+    algorithm: the algorithm's own settings by flat name (e.g. {"inner_steps": 5}); the rest
+    from its defaults.
+    """
+
     algo: str = "maml"
     dataset: str = "omniglot"
     data_root: Optional[str] = None
@@ -185,9 +195,7 @@ class BenchSettings:
     shots: int = 1
     queries: int = 15
     meta_batch: int = 32
-    inner_steps: int = 1
-    inner_lr: Optional[float] = None
-    first_order: bool = False
+    algorithm: Dict[str, Any] = field(default_factory=dict)
     hidden: int = 64
     backbone: str = "conv4"
     impls: Tuple[str, ...] = IMPLS
@@ -226,17 +234,16 @@ def parse_sweep(text: str) -> Tuple[str, List[int]]:
 
 
 def experiment_config(s: BenchSettings, **changes: Any) -> ExperimentConfig:
+    """The training config whose meta-step is timed (resolved: every derived value filled in)."""
     overrides = dict(algo=s.algo, dataset=s.dataset, data_root=s.data_root, ways=s.ways, shots=s.shots,
-                     queries=s.queries, meta_batch=s.meta_batch, inner_steps=s.inner_steps,
-                     inner_lr=s.inner_lr, first_order=s.first_order, hidden=s.hidden, backbone=s.backbone,
-                     seed=s.seed, tf32=s.tf32)
+                     queries=s.queries, meta_batch=s.meta_batch, hidden=s.hidden, backbone=s.backbone,
+                     seed=s.seed, tf32=s.tf32, **s.algorithm)
     overrides.update(changes)
-    return validate(with_overrides(ExperimentConfig(), overrides))
+    return resolve(validate(with_overrides(ExperimentConfig(), overrides)))
 
 
-def synthetic_split(dataset: str, ways: int, shots: int, queries: int, seed: int):
+def synthetic_split(dataset: str, ways: int, shots: int, queries: int, seed: int) -> SplitData:
     """Random uint8 images of the dataset's shape: 2*ways classes x (shots+queries) images."""
-    from .datasets import DATASETS, SplitData
     spec = DATASETS[dataset]
     classes, per_class = max(2 * ways, ways + 1), shots + queries
     g = torch.Generator().manual_seed(seed)
@@ -248,18 +255,14 @@ def synthetic_split(dataset: str, ways: int, shots: int, queries: int, seed: int
 
 def build_impl(impl: str, config: ExperimentConfig, model: torch.nn.Module):
     """A fresh learner for `impl` on a deep copy of `model`; (learner, None) or (None, reason to skip)."""
-    algo = config.algorithm.algo
-    kwargs = registry.learner_kwargs(config)
     model = copy.deepcopy(model)
     if impl == "loop":
-        return registry.LOOP[algo](model, **kwargs), None
+        return build_learner(config, model, "loop"), None
     if impl == "torchmeta":
-        if algo != "maml":
-            return None, f"not applicable: Torchmeta-style computation is MAML/FOMAML only (--algo {algo})"
-        from .torchmeta_style import TorchmetaMAML, from_classifier
-        return TorchmetaMAML(from_classifier(model), **kwargs), None
-    from .batched import BATCHED
-    return BATCHED[algo](model, **kwargs, chunk_size=None, compile=COMPILE_MODES.get(impl, False)), None
+        return torchmeta_style.build(config, model)
+    if config.spec.batched is None:
+        return None, f"not applicable: {config.algo} has only the loop engine"
+    return build_learner(config, model, "batched", compile=COMPILE_MODES.get(impl, False) or False), None
 
 
 def sampler_kind(impl: str) -> str:
@@ -269,7 +272,7 @@ def sampler_kind(impl: str) -> str:
 
 def _grads(learner) -> Dict[str, torch.Tensor]:
     return {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
-            for k, p in learner.model.named_parameters()}
+            for k, p in learner.named_meta_parameters()}
 
 
 Progress = Callable[[str], None]
@@ -292,18 +295,15 @@ class Bench:
         if s.repeats is None:
             s.repeats = 5 if self.device.type == "cpu" else 30
         self.config = experiment_config(s)
-        from .datasets import load_split
         self.split = (synthetic_split(s.dataset, s.ways, s.shots, s.queries, s.seed) if s.synthetic
                       else load_split(s.dataset, "train", s.data_root, progress=False))
-        from .trainer import model_for
         runtime.seed_everything(s.seed)
-        self.model = model_for(self.config).to(self.device)
+        self.model = build_model(self.config).to(self.device)
         self._batches: Dict[int, EpisodeBatch] = {}
 
     def batch(self, meta_batch: int) -> EpisodeBatch:
         """The fixed meta-batch of that size (learn2learn sampler, seeded): every impl gets this one."""
         if meta_batch not in self._batches:
-            from .samplers import build_task_source
             src = build_task_source("l2l", self.split, self.s.ways, self.s.shots, self.s.queries,
                                     seed=self.s.seed, device=self.device)
             self._batches[meta_batch] = src.sample(meta_batch)
@@ -318,7 +318,7 @@ class Bench:
         """Time one impl on `config`'s meta-batch size; returns a result dict (status ok/skipped/error)."""
         mb = config.optim.meta_batch
         out: Dict[str, Any] = {"impl": impl, "mode": "end to end" if end_to_end else "compute only",
-                               "meta_batch": mb, "inner_steps": config.algorithm.inner_steps}
+                               "meta_batch": mb, "inner_steps": getattr(config.algorithm, "inner_steps", None)}
         try:
             learner, skip = build_impl(impl, config, self.model)
         except Exception as exc:  # e.g. the batched engine unavailable: report, don't abort the bench
@@ -332,7 +332,6 @@ class Bench:
         batch = self.batch(mb)
         fn: Callable[[], Any]
         if end_to_end:
-            from .samplers import build_task_source
             source = build_task_source(sampler_kind(impl), self.split, self.s.ways, self.s.shots,
                                        self.s.queries, seed=self.s.seed, device=self.device)
             out["sampler"] = sampler_kind(impl)
@@ -368,7 +367,7 @@ class Bench:
         if reference is not None:
             out["grad_rel_l2_vs_loop"] = relative_l2(grads, reference)
         mem_txt = f"{mem.peak_mb:.0f} MiB" if mem.peak_mb is not None else "n/a"
-        self.progress(f"[bench] {label}{impl:<17} {out['mode']:<12} mb={mb:<3} steps={out['inner_steps']:<2} "
+        self.progress(f"[bench] {label}{impl:<17} {out['mode']:<12} mb={mb:<3} steps={out['inner_steps'] or '-':<2} "
                       f"median {stats['median']:9.2f} ms (p10 {stats['p10']:.2f}, p90 {stats['p90']:.2f})  "
                       f"{out['tasks_per_s']:8.1f} tasks/s  mem {mem_txt}")
         return out
@@ -422,8 +421,11 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
             _finish(rows[-len(impls):])
         sweeps[name] = rows
     env = runtime.environment()
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items() if k != "algorithm"}
     report: Dict[str, Any] = {
-        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+        # the algorithm's settings as resolved, flat like the other settings
+        "settings": {**settings, **dataclasses.asdict(bench.config.algorithm),
+                     "label": bench.config.algo_label},
         "device": str(bench.device),
         "device_name": env["cuda"] if bench.device.type == "cuda" else env["cpu"],
         "tf32": {"requested": s.tf32, "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
@@ -437,14 +439,14 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
         "memory": ("torch.cuda.max_memory_allocated per impl (reset before each)" if bench.device.type == "cuda"
                    else "peak RSS sampled from /proc/self/statm during each impl's calls (same process); "
                         "maxrss_lifetime_mb is getrusage's process-lifetime peak, which only grows"),
-        "torchmeta_note": "torchmeta = l2l_app.torchmeta_style, a re-implementation of Torchmeta's MAML "
+        "torchmeta_note": "torchmeta = l2l_app.bench.torchmeta_style, a re-implementation of Torchmeta's MAML "
                           "computation (MetaModule forward(x, params), gradient_update_parameters, one task at "
                           "a time); the torchmeta package itself requires torch<1.10",
         "results": results,
         "sweeps": sweeps,
     }
-    from .plots import plot_sweep
-    from .report import bench_markdown
+    from ..plots import plot_sweep
+    from ..report import bench_markdown
     (out_dir / "bench.json").write_text(_json(report))
     plots = [plot_sweep(name, rows, out_dir / f"sweep-{name}.png") for name, rows in sweeps.items()]
     report["plots"] = [p.name for p in plots]

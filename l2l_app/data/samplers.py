@@ -1,10 +1,10 @@
 """Two `TaskSource`s that turn a `SplitData` into meta-batches of few-shot episodes (`EpisodeBatch`).
 
-* `L2LTaskSource`: the reference -- learn2learn's `TaskDataset` over a `MetaDataset` with
-  NWays(ways), KShots(shots + queries), LoadData, RemapLabels, one task per `.sample()`.
-  learn2learn draws from Python's global `random`; this source keeps its own `random` state and
-  swaps it in only around its own draws, so the caller's global state is untouched and a resumed
-  source continues exactly.
+* `L2LTaskSource`: the reference -- learn2learn's `TaskDataset` over a `MetaDataset`
+  (`build_metadataset`) with NWays(ways), KShots(shots + queries), LoadData, RemapLabels, one
+  task per `.sample()`.  learn2learn draws from Python's global `random`; this source keeps its
+  own `random` state and swaps it in only around its own draws, so the caller's global state is
+  untouched and a resumed source continues exactly.
 * `TensorTaskSource`: the whole split as one uint8 tensor on the device; a meta-batch is a few
   tensor ops driven by a `torch.Generator` on that device.
 
@@ -14,15 +14,18 @@ Both return images as float32 in [0, 1] (uint8 / 255), support ordered by class 
 """
 from __future__ import annotations
 
+import difflib
 import random
 import warnings
-from typing import Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple, Union
 
 import torch
 
-from l2l_app.datasets import SplitData, build_metadataset
+from l2l_app.data.types import EpisodeBatch, SplitData, TaskSource
 from l2l_app.errors import ConfigError
-from l2l_app.tasks import EpisodeBatch, TaskSource
+
+if TYPE_CHECKING:
+    from learn2learn.data import MetaDataset
 
 KINDS = ("l2l", "tensor")
 
@@ -86,6 +89,37 @@ def _batch_from_indices(images: torch.Tensor, support_idx: torch.Tensor, query_i
     qx = lut[images[query_idx.reshape(-1)].long()].reshape(b, ways * queries, *shape)
     return EpisodeBatch(sx, _episode_labels(ways, shots, b, dev), qx, _episode_labels(ways, queries, b, dev),
                         ways, shots, queries)
+
+
+
+def build_metadataset(split: SplitData, with_index: bool = False) -> "MetaDataset":
+    """A `learn2learn.data.MetaDataset` over `split`: items (float image [C, H, W] in [0, 1], label)
+    or, with `with_index`, (image, label, index).  The label maps are passed in, so construction
+    does not iterate over the images."""
+    import learn2learn as l2l
+
+    labels = split.labels.tolist()
+    labels_to_indices: Dict[int, List[int]] = {c: [] for c in range(split.num_classes)}
+    for i, c in enumerate(labels):
+        labels_to_indices[c].append(i)
+    indices_to_labels = dict(enumerate(labels))
+    return l2l.data.MetaDataset(_SplitDataset(split, with_index), labels_to_indices=labels_to_indices,
+                                indices_to_labels=indices_to_labels)
+
+
+class _SplitDataset(torch.utils.data.Dataset):
+    """`split` as a torch Dataset of (float image [C, H, W] in [0, 1], label[, index])."""
+
+    def __init__(self, split: SplitData, with_index: bool) -> None:
+        self.images, self.labels, self.with_index = split.images, split.labels, with_index
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    def __getitem__(self, i: int) -> Union[Tuple[torch.Tensor, int], Tuple[torch.Tensor, int, int]]:
+        x = self.images[i].float().div_(255.0)
+        y = int(self.labels[i])
+        return (x, y, i) if self.with_index else (x, y)
 
 
 class L2LTaskSource:
@@ -211,8 +245,6 @@ def build_task_source(kind: str, split: SplitData, ways: int, shots: int, querie
         return L2LTaskSource(split, ways, shots, queries, seed, device, flags)
     if kind == "tensor":
         return TensorTaskSource(split, ways, shots, queries, seed, device, flags)
-    import difflib
-
     close = difflib.get_close_matches(str(kind), KINDS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"unknown task source {kind!r}{hint}; valid: {', '.join(KINDS)}; "

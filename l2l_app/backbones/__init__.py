@@ -1,0 +1,63 @@
+"""Backbones, one module each, registered by name in `registry.BACKBONES`; a linear-head classifier.
+
+* `conv4.py`: `conv4` (max-pool) and `conv4-strided` (stride-2 convolutions);
+* `resnet12.py`: `resnet12` (TADAM / MetaOptNet ResNet-12, global average pool);
+* `norm.py`: `TaskBatchNorm2d` (batch statistics only, per task; native and primitive
+  implementations) and the `batchnorm_mode` switch, used by every backbone;
+* `spec.py`: `BackboneSpec`, what a backbone module registers.
+
+Adding a backbone is adding a module here that calls `BACKBONES.register(name, BackboneSpec(...))`:
+every public module of this package is imported below.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import BACKBONES, import_submodules
+from .conv4 import Conv4, conv_block
+from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, native_task_batch_norm,
+                   primitive_batch_norm)
+from .spec import BackboneSpec
+
+import_submodules(__name__)
+
+__all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules",
+           "TaskBatchNorm2d", "batchnorm_mode", "BN_EPS", "primitive_batch_norm", "native_task_batch_norm",
+           "Conv4", "conv_block"]
+
+
+def build_backbone(name: str, in_channels: int, image_size: int, hidden: int) -> nn.Module:
+    """The registered backbone `name` for [N, in_channels, image_size, image_size] inputs.
+
+    Raises `BACKBONES.unknown(name)` (a ConfigError listing the valid names) for an unknown name.
+    """
+    spec = BACKBONES.get(name)
+    if spec is None:
+        raise BACKBONES.unknown(name)
+    return spec.build(in_channels, image_size, hidden)
+
+
+class Classifier(nn.Module):
+    """Backbone features followed by a linear layer over `ways` classes (MAML, Reptile).
+
+    Parameters are named `backbone.*` and `head.*` (checkpoints depend on these names).
+    """
+
+    def __init__(self, backbone: nn.Module, ways: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_size, ways)
+        self.feature_size = backbone.feature_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def assert_no_aliased_submodules(model: nn.Module) -> None:
+    """Raise if a submodule is registered under two names (breaks `functional_call`)."""
+    seen: dict[int, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if id(module) in seen and seen[id(module)] != name:
+            raise ValueError(f"submodule registered twice: {seen[id(module)]!r} and {name!r}")
+        seen.setdefault(id(module), name)

@@ -1,0 +1,240 @@
+"""Reading raw image data, for any dataset: data roots, folders, zip archives and decoding.
+
+* `resolve_root` checks a data root (or a dataset's bundled one) and says what is wrong;
+* `walk` / `folder_fingerprint` list and fingerprint a folder tree (symlinks followed, loops caught);
+* `ArchiveReader` reads members of a zip or an extracted folder;
+* `decode` turns image bytes of any PIL mode (1-bit, grey, palette, RGB, RGBA, CMYK, 16-bit ...)
+  into a uint8 array of the wanted mode (L or RGB), transparency composited over white, resized
+  with RESIZE_FILTER when not already the target size;
+* `BadImages` and `decode_progress` serve the datasets' decoding loops.
+
+A file that cannot be read or decoded raises DataError naming it.  Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+
+from l2l_app.errors import DataError
+from l2l_app.progress import Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from l2l_app.data.types import Dataset, PathLike
+
+#: PIL's resampling filter for resizing (part of the cache key)
+RESIZE_FILTER = "LANCZOS"
+
+
+# ----------------------------------------------------------------------------- data roots
+
+
+def resolve_root(dataset: "Dataset", data_root: Optional["PathLike"]) -> Path:
+    """The checked data root of `dataset`: `data_root`, or its bundled copy when None; DataError
+    saying what is wrong (missing, a file, a broken link, unreadable)."""
+    if data_root is None:
+        if dataset.default_root is None:
+            raise DataError(f"{dataset.name} has no bundled copy: pass --data-root pointing at {dataset.root_hint}")
+        root = dataset.default_root
+        if not root.is_dir():
+            raise DataError(f"the bundled {dataset.name} data is missing at {root}; pass --data-root pointing at "
+                            f"{dataset.root_hint}")
+    else:
+        root = Path(data_root).expanduser()
+        if root.is_symlink() and not root.exists():
+            try:
+                os.stat(root)
+                why = "cannot be followed"
+            except OSError as e:
+                why = ("is a symlink loop" if e.errno == errno.ELOOP
+                       else f"is a dangling symlink (to {os.readlink(root)})")
+            raise DataError(f"data root {root} {why}; fix the link or pass --data-root the real folder")
+        if not root.exists():
+            raise DataError(f"data root {root} does not exist; pass --data-root an existing folder")
+        if not root.is_dir():
+            hint = f" (pass its folder {root.parent})" if root.suffix == ".zip" or root.parent.is_dir() else ""
+            raise DataError(f"data root {root} is a file, not a folder; pass --data-root the folder that holds "
+                            f"the data{hint}")
+    if not _readable(root):
+        raise DataError(f"data root {root} is not readable (permission denied); fix its permissions or pass "
+                        "--data-root a readable copy")
+    return root
+
+
+def _readable(path: Path) -> bool:
+    return os.access(path, os.R_OK | os.X_OK)
+
+
+# ----------------------------------------------------------------------------- folders and archives
+
+
+def walk(folder: Path) -> Tuple[List[str], List[str]]:
+    """(files, folders) under `folder` as sorted relative POSIX paths, following symlinks.
+
+    A symlink that leads back to one of its own parent folders (a loop) raises DataError naming
+    it; an entry that cannot be stat'ed (a dangling link, a link to itself) is listed as a file,
+    so reading it later gives an error naming the file (or skips it under --skip-bad-images).
+    """
+    files: List[str] = []
+    dirs: List[str] = []
+
+    def visit(path: str, prefix: str, ancestors: Tuple[Tuple[int, int], ...]) -> None:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise DataError(f"cannot list folder {path}: {one_line(e)}; fix its permissions or pass "
+                            "--data-root another copy") from None
+        for e in entries:
+            rel = prefix + e.name
+            try:
+                is_dir = e.is_dir(follow_symlinks=True)
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(rel)
+                continue
+            try:
+                st = os.stat(e.path)
+            except OSError:
+                files.append(rel)
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in ancestors:
+                raise DataError(f"symlink loop in the data: {e.path} leads back to its parent folder "
+                                f"{os.path.realpath(e.path)}; remove or fix the link")
+            dirs.append(rel)
+            visit(e.path, rel + "/", ancestors + (ident,))
+
+    st = os.stat(folder)
+    visit(str(folder), "", ((st.st_dev, st.st_ino),))
+    return files, dirs
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """sha256 of the sorted (relative path, size, mtime) of every file under `folder` (symlinks followed)."""
+    entries: List[str] = []
+    files, _ = walk(folder)
+    for rel in files:
+        try:
+            st = (folder / rel).stat()
+            entries.append(f"{rel}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError as e:  # a dangling link or a file that loops onto itself: read later, reported there
+            entries.append(f"{rel}:unreadable:{e.errno}")
+    entries.sort()
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
+class ArchiveReader:
+    """Reads member bytes from a zip (`kind` 'zip') or an extracted folder ('folder'); a context manager."""
+
+    def __init__(self, kind: str, path: Path) -> None:
+        self.kind, self.path = kind, path
+        self.zf: Optional[zipfile.ZipFile] = None
+
+    def __enter__(self) -> "ArchiveReader":
+        if self.kind == "zip":
+            self.zf = zipfile.ZipFile(self.path)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.zf is not None:
+            self.zf.close()
+
+    def describe(self, member: str) -> str:
+        """Where `member` is, for messages: `archive.zip:member` or the file's path."""
+        return f"{self.path}:{member}" if self.kind == "zip" else str(self.path / member)
+
+    def read(self, member: str) -> bytes:
+        try:
+            return self.zf.read(member) if self.zf is not None else (self.path / member).read_bytes()
+        except (OSError, zipfile.BadZipFile, KeyError, RuntimeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else one_line(e)
+            raise DataError(f"cannot read image {self.describe(member)}: {reason}; restore the file, "
+                            "re-extract the dataset or pass --skip-bad-images") from None
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode(data: bytes, where: str, mode: str, size: int) -> "np.ndarray":
+    """Bytes of an image -> uint8 numpy array [size, size] (mode 'L') or [size, size, 3] ('RGB').
+
+    Any PIL mode is accepted: 1-bit, grey, palette, RGB, CMYK, 16-bit grey, and images with
+    transparency (RGBA, LA, palette with a transparent colour), which are first composited
+    over a white background (Omniglot's paper colour) so transparent pixels do not turn black.
+    """
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = _to_mode(img, mode)
+            if img.size != (size, size):
+                img = img.resize((size, size), resample=getattr(Image.Resampling, RESIZE_FILTER))
+            return np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt files
+        raise DataError(f"cannot decode image {where}: {one_line(e)}; the file is corrupt, restore it, "
+                        "re-extract the dataset or pass --skip-bad-images") from None
+
+
+def _to_mode(img, mode: str):
+    """Convert a PIL image of any mode to 'L' or 'RGB' (transparency composited over white)."""
+    from PIL import Image
+
+    if img.mode == mode:
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grey: scale to 8 bits, not clip
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        return img if mode == "L" else img.convert(mode)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode in ("L", "1") and "transparency" in img.info:
+        img = img.convert("LA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert(mode)
+
+
+class BadImages:
+    """Collects the images skipped under skip_bad_images ("file: reason"); re-raises the DataError otherwise."""
+
+    def __init__(self, skip: bool) -> None:
+        self.skip = skip
+        self.files: List[str] = []
+
+    def record(self, error: DataError) -> None:
+        """Note the unreadable image `error` names, or raise `error` when skipping is off."""
+        if not self.skip:
+            raise error
+        self.files.append(str(error).split("; ")[0])
+
+    def attempt(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args), or None (recorded) when it raises DataError and skipping is on."""
+        try:
+            return fn(*args)
+        except DataError as e:
+            self.record(e)
+            return None
+
+
+def decode_progress(total: int, desc: str, enabled: bool) -> Progress:
+    """Decoding progress of `total` images: a redrawn line on a terminal, a plain line per tenth otherwise."""
+    return Progress(desc, total, enabled=enabled, log_every=max(1, total // 10), unit="image")
+
+
+def one_line(e: BaseException) -> str:
+    """`e`'s message on one line (whitespace collapsed), or its type name when empty."""
+    return " ".join(str(e).split()) or type(e).__name__

@@ -1,0 +1,119 @@
+"""The one builder: model, learner, meta-optimiser and task sources from an experiment config.
+
+Train, eval, bench and predict all build through here, so a registered algorithm or backbone
+works everywhere at once.  Nothing here names an algorithm: what differs is read from its
+`AlgorithmSpec` (`head`, `optimizer`, `auto_engine`, learner classes).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import runtime
+from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
+from .config import ExperimentConfig, resolve, validate
+from .data import SplitData, TaskSource, build_task_source
+from .errors import ConfigError
+from .learner import MetaLearner, Optimizers
+from .registry import DATASETS
+
+#: --engine auto picks the loop below this many tasks per meta-step (one task: nothing to batch;
+#: the crossover measured on an H200 lies between 1 and 4 tasks)
+BATCHED_FROM_META_BATCH = 2
+
+
+def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optional[str] = None,
+                   meta_batch: Optional[int] = None) -> str:
+    """--engine auto -> the engine measured faster for this algorithm, device and meta-batch
+    (the algorithm's `auto_engine`, from `l2l-app bench`; results in benchmarks/results/)."""
+    engine = engine or config.run.engine
+    spec = config.spec
+    if engine == "auto":
+        if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH:
+            return "loop"
+        engine = spec.auto_engine.get(device.type, "loop")
+        return engine if engine in spec.engines else "loop"
+    if engine not in spec.engines:
+        raise ConfigError(f"--engine {engine}: {config.algo} has only the {' and '.join(spec.engines)} engine; "
+                          f"use --engine {spec.engines[0]} or auto")
+    return engine
+
+
+def resolve_sampler(sampler: str, engine: str) -> str:
+    """'auto' -> the tensor sampler for the batched engine, learn2learn's TaskDataset for the loop."""
+    if sampler != "auto":
+        return sampler
+    return "tensor" if engine == "batched" else "l2l"
+
+
+def build_model(config: ExperimentConfig) -> nn.Module:
+    """The backbone for the dataset's images, plus a linear layer over --ways classes when the
+    algorithm has an output layer (`AlgorithmSpec.head`)."""
+    dataset = DATASETS[config.data.dataset]
+    backbone = build_backbone(config.model.backbone, dataset.in_channels, dataset.image_size, config.model.hidden)
+    model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
+    assert_no_aliased_submodules(model)
+    return model
+
+
+def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk_size: Optional[int] = None,
+                  compile: Optional[bool | str] = None) -> MetaLearner:
+    """The meta-learner of the config's algorithm on `engine` ('loop' or 'batched')."""
+    spec = config.spec
+    if engine == "loop":
+        return spec.loop(model, config.algorithm, seed=config.run.seed)
+    if engine == "batched" and spec.batched is not None:
+        return spec.batched(model, config.algorithm, seed=config.run.seed, chunk_size=chunk_size,
+                            compile=config.run.compile if compile is None else compile)
+    raise ConfigError(f"--engine {engine}: {config.algo} has only the {' and '.join(spec.engines)} engine")
+
+
+def build_optimizer(config: ExperimentConfig, learner: MetaLearner) -> Optimizers:
+    """The algorithm's meta-optimiser over the learner's meta-parameters."""
+    return config.spec.optimizer.build(learner.meta_parameters(), config.optim, config.algorithm)
+
+
+@dataclass
+class Experiment:
+    """A resolved config with the device, engine and sampler it runs on, and its model and learner."""
+
+    config: ExperimentConfig
+    device: torch.device
+    engine: str
+    sampler: str
+    model: nn.Module
+    learner: MetaLearner
+
+    @classmethod
+    def build(cls, config: ExperimentConfig, device: Optional[str] = None, engine: Optional[str] = None,
+              sampler: Optional[str] = None, meta_batch: Optional[int] = None) -> "Experiment":
+        """Validate and resolve `config`, pick the device (and its TF32 mode), engine and sampler,
+        and build the model (from the global torch seed: seed first for reproducible weights)."""
+        config = resolve(validate(config))
+        dev = runtime.resolve_device(device or config.run.device)
+        runtime.set_tf32(config.run.tf32)
+        chosen = resolve_engine(config, dev, engine, meta_batch)
+        model = build_model(config).to(dev)
+        learner = build_learner(config, model, chosen, config.run.chunk_size)
+        return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner)
+
+    def task_source(self, split: SplitData, shape: Tuple[int, int, int], seed: int,
+                    sampler: Optional[str] = None, flags: Optional[Tuple[str, str, str]] = None) -> TaskSource:
+        """Episodes of `shape` (ways, shots, queries) from `split`, on this experiment's device."""
+        ways, shots, queries = shape
+        kwargs = {} if flags is None else {"flags": flags}
+        return build_task_source(sampler or self.sampler, split, ways, shots, queries, seed=seed,
+                                 device=self.device, **kwargs)
+
+    @property
+    def train_shape(self) -> Tuple[int, int, int]:
+        c = self.config
+        return c.train_ways, c.train_shots, c.train_queries
+
+    @property
+    def eval_shape(self) -> Tuple[int, int, int]:
+        t = self.config.task
+        return t.ways, t.shots, t.queries

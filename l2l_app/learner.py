@@ -1,0 +1,210 @@
+"""What every algorithm module provides, and the meta-learner contract.
+
+An algorithm is one module under `l2l_app/algorithms/` that holds its settings dataclass
+(subclass of `AlgorithmSettings`, only its own fields), its loop learner, its batched learner
+(or None: loop only), its meta-optimiser and evaluation protocol, and one `register(AlgorithmSpec)`.
+Everything else (config, CLI, experiment builder, trainer, evaluation, bench, report, tests)
+reads `l2l_app.registry.ALGORITHMS`.
+
+The learner contract: `meta_step(batch)` fills `.grad` on `meta_parameters()` (mean over the
+batch's tasks) and returns metrics; it never steps an optimiser.  MAML and ProtoNet
+backpropagate the query loss; Reptile writes theta - mean(adapted theta) into `.grad` and is
+stepped by plain SGD with lr = epsilon.  `state_dict()` covers everything a learner learns or
+draws (the model, Meta-SGD's learning rates, Reptile's mini-batch generator), so checkpoints,
+resume and evaluation need no special case.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Type)
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.types import EpisodeBatch
+from .registry import ALGORITHMS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import OptimConfig
+
+Optimizers = Tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of correct argmax predictions. logits [..., N, ways], labels [..., N] -> [...]."""
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean(dim=-1)
+
+
+TaskLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def backprop_query_losses(batch: EpisodeBatch, task_logits: TaskLogits) -> Dict[str, float]:
+    """The per-task loop of the loss-backpropagating learners: for each task, query logits
+    `task_logits(support_x, support_y, query_x)` [Nq, ways], cross-entropy, backward of loss / B
+    (so `.grad` accumulates the mean over tasks, and each task's graph is freed at once).
+    Returns the mean query loss and accuracy."""
+    total_loss, total_acc = 0.0, 0.0
+    for sx, sy, qx, qy in batch.tasks():
+        logits = task_logits(sx, sy, qx)
+        loss = F.cross_entropy(logits, qy)
+        (loss / batch.num_tasks).backward()
+        total_loss += loss.item()
+        total_acc += accuracy(logits.detach(), qy).item()
+    return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
+
+
+# ----------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class AlgorithmSettings:
+    """Base of every algorithm's settings dataclass (fields declared with `settings.setting`).
+
+    A field name is also the setting's flat name (flag, recipe key, config-file key); two
+    algorithms that share a name (inner_lr) share the flag, each with its own default and range.
+    """
+
+    def resolved(self) -> "AlgorithmSettings":
+        """Every derived None replaced by its value (what config.json records)."""
+        return self
+
+    def problems(self) -> List[str]:
+        """Cross-field errors, each naming its flags (ranges and choices are checked by config)."""
+        return []
+
+    def protocol(self) -> Dict[str, Any]:
+        """What an evaluation of this algorithm records next to its number (batch norm, adaptation)."""
+        return {"batchnorm": "batch statistics (transductive)"}
+
+
+# --------------------------------------------------------------------------- meta-optimisers
+@dataclass(frozen=True)
+class MetaOptimizer:
+    """How the meta-parameters are stepped: build(params, optim config, algorithm settings).
+
+    `uses`: the optimiser settings (`OptimConfig` fields) that only this optimiser reads; they are
+    refused for an algorithm with another optimiser.
+    """
+
+    description: str
+    uses: Tuple[str, ...]
+    build: Callable[[List[torch.Tensor], "OptimConfig", AlgorithmSettings], Optimizers]
+
+
+def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",
+                          settings: AlgorithmSettings) -> Optimizers:
+    optimizer = torch.optim.Adam(params, lr=optim.meta_lr)
+    if optim.lr_decay_every:
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, optim.lr_decay_every, optim.lr_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+#: Adam on the query loss; optionally the lr times --lr-decay every --lr-decay-every steps
+ADAM = MetaOptimizer("Adam on the query loss (optional step decay)", ("lr_decay", "lr_decay_every"),
+                     _adam_with_step_decay)
+
+
+# ------------------------------------------------------------------------------- the learner
+class MetaLearner(abc.ABC):
+    """An algorithm bound to one model, its settings and one engine."""
+
+    #: the engine that computes the meta-batch ('loop' or 'batched')
+    engine: str = "loop"
+
+    def __init__(self, model: nn.Module, settings: AlgorithmSettings) -> None:
+        self.model = model
+        self.settings = settings.resolved()
+
+    def named_meta_parameters(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        """What the meta-optimiser learns, by name: the model's parameters (plus any of the learner's)."""
+        return self.model.named_parameters()
+
+    def meta_parameters(self) -> List[torch.Tensor]:
+        return [p for _, p in self.named_meta_parameters()]
+
+    def zero_grad(self) -> None:
+        for p in self.meta_parameters():
+            p.grad = None
+
+    def extra_state(self) -> Dict[str, Any]:
+        """State beyond the model's (learned rates, random generators); {} for most learners."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of `extra_state`."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything this learner learns or draws: {'model': ..., **extra_state()}."""
+        return {"model": self.model.state_dict(), **self.extra_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.load_extra_state({k: v for k, v in state.items() if k != "model"})
+
+    @abc.abstractmethod
+    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+        """Fill `.grad` of the meta-parameters for `batch`; return {'loss', 'accuracy'} (means over tasks)."""
+
+    @abc.abstractmethod
+    def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                ways: int) -> torch.Tensor:
+        """Adapt to one task's support set and return query logits [ways*queries, ways]."""
+
+    def query_accuracy(self, batch: EpisodeBatch) -> torch.Tensor:
+        """Per-task query accuracy after adaptation, [B] (evaluation; no meta-gradient)."""
+        accs = []
+        for sx, sy, qx, qy in batch.tasks():
+            logits = self.predict(sx, sy, qx, batch.ways)
+            accs.append(accuracy(logits.detach(), qy))
+        return torch.stack(accs)
+
+
+# ------------------------------------------------------------------------------ registration
+@dataclass(frozen=True)
+class Alias:
+    """Another name for an algorithm with some settings fixed: fomaml = maml with first_order."""
+
+    implies: Mapping[str, Any]
+    meaning: str
+
+
+#: device type -> the engine measured faster at a meta-batch of at least 2 tasks (`l2l-app bench`)
+LOOP_ON_CPU_BATCHED_ON_CUDA: Mapping[str, str] = {"cpu": "loop", "cuda": "batched"}
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """Everything the rest of the package needs to know about one algorithm.
+
+    loop / batched: learner classes, constructed as `Loop(model, settings, seed=...)` and
+    `Batched(model, settings, seed=..., chunk_size=..., compile=...)`; batched None: loop only.
+    head: the model is the backbone plus a linear layer over `ways` classes, so training and
+    evaluation episodes must have that many classes (False: the backbone alone, any ways).
+    auto_engine: device type -> engine that `--engine auto` picks (measured with `l2l-app bench`).
+    """
+
+    name: str
+    summary: str
+    settings: Type[AlgorithmSettings]
+    loop: Type[MetaLearner]
+    batched: Optional[Type[MetaLearner]]
+    head: bool = True
+    optimizer: MetaOptimizer = ADAM
+    auto_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
+    aliases: Mapping[str, Alias] = field(default_factory=dict)
+    #: settings (flat names) of a short CPU run on Omniglot 5-way that learns visibly in seconds:
+    #: the learning tests of every registered algorithm run it
+    quick: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def engines(self) -> Tuple[str, ...]:
+        return ("loop", "batched") if self.batched is not None else ("loop",)
+
+    def setting_names(self) -> Tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.settings))
+
+
+def register(spec: AlgorithmSpec) -> AlgorithmSpec:
+    """Add an algorithm to `registry.ALGORITHMS` (called once, at the bottom of its module)."""
+    return ALGORITHMS.register(spec.name, spec)
