@@ -15,7 +15,8 @@ from torch import nn
 from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
 from .config import ExperimentConfig, resolve, validate
-from .data import SplitData, TaskSource, build_task_source
+from .data import SplitData, TaskSource, build_task_source, load_split
+from .engine import choose_chunk_size
 from .errors import ConfigError
 from .learner import MetaLearner, Optimizers
 from .registry import DATASETS
@@ -99,6 +100,23 @@ class Experiment:
         model = build_model(config).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
         return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner)
+
+    def load_split(self, split: str, progress: bool = True, skip_bad_images: Optional[bool] = None) -> SplitData:
+        """One split of the config's dataset (decoded once, then from the cache)."""
+        d = self.config.data
+        skip = d.skip_bad_images if skip_bad_images is None else skip_bad_images
+        return load_split(d.dataset, split, d.data_root, progress=progress, skip_bad_images=skip)
+
+    def fit_chunk_size(self, train: SplitData) -> None:
+        """--max-memory: the tasks per chunk that fit the budget, measured on a meta-batch from a
+        separate sampler (seed + 1), so the training episodes are the same with or without it."""
+        c = self.config
+        if c.run.max_memory is None or self.engine != "batched" or c.run.chunk_size is not None:
+            return
+        probe = self.task_source(train, self.train_shape, c.run.seed + 1)
+        self.learner.chunk_size = choose_chunk_size(self.learner, probe.sample(c.optim.meta_batch),
+                                                    int(c.run.max_memory * 2**30))
+        self.learner.zero_grad()
 
     def task_source(self, split: SplitData, shape: Tuple[int, int, int], seed: int,
                     sampler: Optional[str] = None, flags: Optional[Tuple[str, str, str]] = None) -> TaskSource:

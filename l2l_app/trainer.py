@@ -22,8 +22,7 @@ import torch
 from . import runtime
 from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
 from .config import SPLITS, ExperimentConfig, validate, with_overrides
-from .data import SplitData, check_disjoint, load_split
-from .engine import choose_chunk_size
+from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
 from .experiment import Experiment, build_optimizer
@@ -143,18 +142,14 @@ class Trainer:
         self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
         self.model, self.learner = x.model, x.learner
 
-        skip = c.data.skip_bad_images
-        self.train_split = load_split(c.data.dataset, "train", c.data.data_root, progress=progress,
-                                      skip_bad_images=skip)
-        self.val_split = load_split(c.data.dataset, "val", c.data.data_root, progress=progress,
-                                    skip_bad_images=skip)
+        self.train_split = x.load_split("train", progress)
+        self.val_split = x.load_split("val", progress)
         self.bad_images = self.train_split.skipped + self.val_split.skipped
         check_disjoint({"train": self.train_split, "val": self.val_split})
         self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=self._train_flags())
         # Build once to validate the evaluation episode shape against the validation split.
         self._val_source()
-        if c.run.max_memory is not None and self.engine == "batched" and c.run.chunk_size is None:
-            self.learner.chunk_size = self._chunk_size_for_budget(c.run.max_memory)
+        x.fit_chunk_size(self.train_split)
         self.optimizer, self.scheduler = build_optimizer(c, self.learner)
         self.step = 0
         self.elapsed = 0.0
@@ -194,15 +189,6 @@ class Trainer:
 
     def _val_source(self):
         return self.experiment.task_source(self.val_split, self.experiment.eval_shape, self.config.eval.eval_seed)
-
-    def _chunk_size_for_budget(self, gib: float) -> int:
-        """Tasks per chunk that fit --max-memory, measured on a meta-batch from a separate sampler
-        (so the training episodes are the same with or without the budget)."""
-        c, x = self.config, self.experiment
-        probe = x.task_source(self.train_split, x.train_shape, c.run.seed + 1)
-        chunk = choose_chunk_size(self.learner, probe.sample(c.optim.meta_batch), int(gib * 2**30))
-        self.learner.zero_grad()
-        return chunk
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -467,7 +453,7 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     digest = file_sha256(ckpt_path) if ckpt_path.is_file() else None
     state = load_checkpoint(ckpt_path, map_location=x.device)
     x.learner.load_state_dict(learner_state(state))
-    data = load_split(config.data.dataset, split, config.data.data_root, progress=progress)
+    data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
     protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {state['step']})")
     out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
