@@ -25,9 +25,11 @@ if [ -z "${DRY:-}" ]; then
     || { tail -20 /tmp/l2l/build.log; exit 1; }
   export PYTHONPATH=/tmp/site:/tmp/l2l/learn2learn-0.2.0:$PWD
   DEVICE=cuda; REPEATS=(--warmup 3 --repeats 15); PY=python3; HIDDEN=(); MB=32; SWEEP=1,4,16,32,64
+  TIMES=(--warmup 3 --repeats 15)
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$RES/nvidia-smi.txt"
 else
   DEVICE=cpu; REPEATS=(--warmup 0 --repeats 1 --synthetic); PY=.venv/bin/python; HIDDEN=(--hidden 8); MB=2; SWEEP=1,2
+  TIMES=(--warmup 0 --repeats 1)
 fi
 $PY -c "import torch, learn2learn; print('torch', torch.__version__, 'learn2learn', learn2learn.__version__)" 2>&1 | tail -1
 
@@ -60,6 +62,12 @@ bench fomaml-omniglot-5w1s 60 --algo maml --first-order --meta-batch $MB --inner
 bench reptile-omniglot-5w1s 70 --algo reptile --meta-batch $MB --inner-steps 5 --with-sampler \
   --impl loop,batched
 bench protonet-omniglot-5w1s 40 --algo protonet --meta-batch $MB --with-sampler --impl loop,batched
+bench anil-omniglot-5w1s 40 --algo anil --meta-batch $MB --inner-steps 1 --impl loop,batched
+bench metasgd-omniglot-5w1s 60 --algo metasgd --meta-batch $MB --inner-steps 1 --impl loop,batched
+stamp "MAML, ANIL and Meta-SGD on one workload, in one process"
+timeout 120 $PY benchmarks/compare_algorithms.py --device "$DEVICE" --meta-batch $MB "${TIMES[@]}" \
+  "${HIDDEN[@]}" --out "$RES/algorithms-omniglot-5w1s" 2>&1 | tail -12 || stamp "compare failed or timed out"
+pack
 bench maml-sweep-meta-batch 90 --algo maml --inner-steps 1 --impl loop,batched --sweep meta-batch=$SWEEP
 bench maml-miniimagenet-5w1s 80 --algo maml --dataset miniimagenet --synthetic --hidden 32 \
   --meta-batch $MB --inner-steps 5 --impl loop,batched

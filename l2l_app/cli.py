@@ -95,9 +95,12 @@ def shown_default(name: str) -> str:
         info = algorithm_setting(name)
         shown = {algo: info["meta"][algo]["shown_default"] if value is None else _shown_value(name, value)
                  for algo, value in info["defaults"].items()}
-        if len(set(shown.values())) == 1:
-            return next(iter(shown.values()))
-        return ", ".join(f"{algo} {text}" for algo, text in shown.items())
+        by_text: Dict[str, List[str]] = {}
+        for algo, text in shown.items():
+            by_text.setdefault(text, []).append(algo)
+        if len(by_text) == 1:
+            return next(iter(by_text))
+        return "; ".join(f"{', '.join(algos)} {text}" for text, algos in by_text.items())
     value = DEFAULTS[name]
     if value is None:
         return DERIVED_DEFAULTS[name]

@@ -255,9 +255,9 @@ for _algo, _spec in ALGORITHMS.items():
         assert FIELD_TYPES.get(_name, _value_type(_hint)) is _value_type(_hint), \
             f"{_algo}: {_name} has another type in another algorithm"
         FIELD_GROUP[_name], FIELD_TYPES[_name] = "algorithm", _value_type(_hint)
-        APPLIES_TO[_name] = APPLIES_TO.get(_name, ()) + (_algo,)
+        APPLIES_TO[_name] = tuple(sorted(APPLIES_TO.get(_name, ()) + (_algo,)))
     for _name in _spec.optimizer.uses:
-        APPLIES_TO[_name] = APPLIES_TO.get(_name, ()) + (_algo,)
+        APPLIES_TO[_name] = tuple(sorted(APPLIES_TO.get(_name, ()) + (_algo,)))
 #: the defaults of the shared settings (an algorithm's own defaults: `algorithm_defaults`)
 DEFAULTS: Dict[str, Any] = {name: value for name, value in ExperimentConfig().flat().items()
                             if FIELD_GROUP[name] != "algorithm" or name == "algo"}
@@ -466,7 +466,7 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
     for name, label in given.items():
         if not applies(name, algo):
             by_algos.setdefault(APPLIES_TO[name], []).append(label)
-    problems = [_only(labels, " and ".join(algos), chosen, f"--algo {' or '.join(algos)}")
+    problems = [_only(labels, listing(algos, "and"), chosen, f"--algo {listing(algos, 'or')}")
                 for algos, labels in by_algos.items()]
     if "lr_decay" in given and applies("lr_decay", algo) and config.optim.lr_decay_every is None:
         problems.append(f"{given['lr_decay']} has no effect without --lr-decay-every N; add it or drop "
@@ -481,10 +481,16 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
         raise ConfigError("; ".join(problems))
 
 
+def listing(names: Iterable[str], word: str) -> str:
+    """('a', 'b', 'c'), 'and' -> 'a, b and c'."""
+    names = list(names)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
 def _only(labels: List[str], users: str, chosen: str, other: str) -> str:
     """'--a and --b apply only to USERS, not to CHOSEN; drop them or choose OTHER'."""
     one = len(labels) == 1
-    return (f"{' and '.join(labels)} appl{'ies' if one else 'y'} only to {users}, not to {chosen}; "
+    return (f"{listing(labels, 'and')} appl{'ies' if one else 'y'} only to {users}, not to {chosen}; "
             f"drop {'it' if one else 'them'} or choose {other}")
 
 

@@ -80,7 +80,9 @@ def adaptation_label(protocol: Dict[str, Any]) -> str:
     if protocol.get("test_inner_steps") is None:
         return NA
     steps = protocol["test_inner_steps"]
-    return f"{steps} step{'' if steps == 1 else 's'}, lr {fmt_value(protocol.get('inner_lr'))}"
+    lr = f"learned lr (from {fmt_value(protocol.get('inner_lr'))})" if protocol.get("inner_lr_learned") \
+        else f"lr {fmt_value(protocol.get('inner_lr'))}"
+    return f"{steps} step{'' if steps == 1 else 's'}, {lr}"
 
 
 #: how a non-current evaluation is marked (Markdown bold; the HTML colours the cell)

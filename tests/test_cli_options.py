@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from l2l_app.cli import cli
-from l2l_app.config import APPLIES_TO, ExperimentConfig, compose, resolve, validate, with_overrides
+from l2l_app.config import APPLIES_TO, ExperimentConfig, compose, listing, resolve, validate, with_overrides
 from l2l_app.registry import ALGORITHMS, BACKBONES, DATASETS
 from l2l_app.errors import ConfigError
 
@@ -22,6 +22,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--hidden", "8", "--ways", "3", "--queries", "2", "--iterations", "3", "--val-every", "2",
         "--val-episodes", "2", "--device", "cpu", "--quiet"]
+
+
+def users(setting: str, word: str = "and") -> str:
+    """The algorithms that use `setting`, as the messages list them ('anil, maml and reptile')."""
+    return listing(APPLIES_TO[setting], word)
 
 
 def run(*args):
@@ -50,15 +55,16 @@ def metrics(run_dir: Path) -> List[Dict]:
 
 # ----------------------------------------------------------------------------- what does not apply
 @pytest.mark.parametrize("args,fragments", [
-    (["--first-order"], ["--first-order applies only to maml", "not to --algo protonet (the default)"]),
+    (["--first-order"], [f"--first-order applies only to {users('first_order')}", "not to --algo protonet (the default)"]),
     (["--algo", "protonet", "--inner-steps", "5", "--inner-lr", "0.1"],
-     ["--inner-steps and --inner-lr apply only to maml and reptile", "choose --algo maml or reptile"]),
+     [f"--inner-steps and --inner-lr apply only to {users('inner_lr')}", f"choose --algo {users('inner_lr', 'or')}"]),
     (["--algo", "maml", "--inner-batch", "4"], ["--inner-batch applies only to reptile, not to --algo maml"]),
     (["--algo", "maml", "--inner-optimizer", "sgd"], ["--inner-optimizer applies only to reptile"]),
     (["--algo", "maml", "--no-transductive"], ["--no-transductive applies only to reptile"]),
     (["--algo", "maml", "--meta-lr-final", "0.1"], ["--meta-lr-final applies only to reptile"]),
-    (["--algo", "reptile", "--second-order"], ["--second-order applies only to maml, not to --algo reptile"]),
-    (["--algo", "reptile", "--lr-decay-every", "5"], ["--lr-decay-every applies only to maml and protonet"]),
+    (["--algo", "reptile", "--second-order"], [f"--second-order applies only to {users('first_order')}, not to "
+                                                "--algo reptile"]),
+    (["--algo", "reptile", "--lr-decay-every", "5"], [f"--lr-decay-every applies only to {users('lr_decay_every')}"]),
     (["--lr-decay", "0.3"], ["--lr-decay has no effect without --lr-decay-every"]),
     (["--engine", "loop", "--chunk-size", "2", "--compile"],
      ["--chunk-size and --compile apply only to the batched engine, not to --engine loop"]),
@@ -69,7 +75,7 @@ def metrics(run_dir: Path) -> List[Dict]:
     (["--recipe", "maml-omniglot-5w1s", "--algo", "fomaml"], ["fixes the algorithm (maml)", "--algo fomaml"]),
     (["--recipe", "fomaml-omniglot-5w1s", "--algo", "reptile"], ["fixes the algorithm (fomaml)"]),
     (["--recipe", "protonet-omniglot-5w1s", "--inner-lr", "0.1"],
-     ["--inner-lr applies only to maml and reptile", "--algo protonet (of --recipe protonet-omniglot-5w1s)"]),
+     [f"--inner-lr applies only to {users('inner_lr')}", "--algo protonet (of --recipe protonet-omniglot-5w1s)"]),
     (["--algo", "fomaml", "--second-order"], ["--algo fomaml is first-order MAML", "--second-order",
                                               "drop one of them"]),
 ])
@@ -194,7 +200,7 @@ def test_precedence_defaults_recipe_file_flags(tmp_path):
     ("c.json", "[1, 2]", ["expected a table of settings"]),
     ("c.yaml", "ways: 3\n", ["expected a .toml or .json file"]),
     ("c.toml", "hidden = 0\n", ["--hidden must be >= 1"]),
-    ("c.toml", 'algo = "protonet"\ninner_lr = 0.1\n', ["inner_lr in ", "applies only to maml and reptile"]),
+    ("c.toml", 'algo = "protonet"\ninner_lr = 0.1\n', ["inner_lr in ", f"applies only to {users('inner_lr')}"]),
     ("c.toml", 'recipe = "maml-omniglot-5w1s"\nalgo = "reptile"\n', ["fixes the algorithm (maml)",
                                                                      'algo = "reptile" in ']),
     ("c.toml", 'recipe = "maml-omniglot-5w1"\n', ["unknown recipe", "did you mean 'maml-omniglot-5w1s'?"]),
@@ -336,8 +342,10 @@ def test_train_help_shows_every_default():
                             ("--inner-steps", "1"), ("--inner-batch", "10"), ("--seed", "0"),
                             ("--first-order", "second-order"), ("--tf32", "no-tf32"), ("--log-every", "100"),
                             ("--tensorboard", "no-tensorboard"), ("--train-ways", "--ways"),
-                            ("--inner-lr", "maml 0.4, reptile 0.001"), ("--engine", "auto")]:
+                            ("--engine", "auto")]:
         assert f"[default: {default}]" in option_line(text, option), option
+    inner_lr = option_line(text, "--inner-lr")  # per algorithm, grouped by value
+    assert re.search(r"\[default: [^]]*\bmaml\b[^;\]]* 0\.4\b", inner_lr) and "reptile 0.001" in inner_lr, inner_lr
     settings = [m for m in re.findall(r"^  (--[a-z0-9-]+)", text, re.M)
                 if m not in ("--recipe", "--config", "--out", "--resume", "--overwrite", "--quiet", "--help")]
     assert len(settings) > 40

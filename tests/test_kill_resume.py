@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+#: real processes, killed and resumed: learning-free, but each test costs 10-45 s of training
+pytestmark = pytest.mark.training
+
 ITERATIONS = 12
 ARGS = ["--algo", "maml", "--hidden", "8", "--ways", "5", "--shots", "1", "--queries", "5",
         "--meta-batch", "4", "--iterations", str(ITERATIONS), "--checkpoint-every", "1",

@@ -55,17 +55,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     assert summary.steps == 6 and summary.skipped_steps == 1
 
 
-def test_protonet_learns_on_omniglot(tmp_path):
-    """A short real run is far above chance (20%) on unseen test classes."""
+def test_evaluation_is_reproducible(tmp_path):
+    """The same run, checkpoint and episode seed give the same accuracies, episode for episode
+    (learning itself: tests/test_every_algorithm.py::test_quick_settings_learn)."""
     run_dir = tmp_path / "run"
-    cfg = config(iterations=40, train_ways=20, train_queries=5, hidden=32, queries=5, val_every=20,
-                 val_episodes=20, checkpoint_every=20, engine="batched")
-    summary = Trainer(cfg, run_dir, progress=False).fit()
-    assert summary.steps == 40
-    result = evaluate_run(run_dir, episodes=100, progress=False)
-    assert result.mean > 60.0, result
-    again = evaluate_run(run_dir, episodes=100, progress=False)
-    assert again.accuracies == result.accuracies
+    Trainer(config(iterations=3, val_every=3, checkpoint_every=3), run_dir, progress=False).fit()
+    result = evaluate_run(run_dir, episodes=30, progress=False)
+    again = evaluate_run(run_dir, episodes=30, progress=False)
+    assert again.accuracies == result.accuracies and len(result.accuracies) == 30
 
 
 def test_max_memory_picks_a_chunk_size(tmp_path):

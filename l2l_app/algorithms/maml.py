@@ -38,7 +38,7 @@ class MAMLSettings(AlgorithmSettings):
                                limit=Limit(1, INNER_STEPS.high, why=INNER_STEPS.why))
     test_inner_steps: Optional[int] = setting(None, "inner-loop steps at evaluation", limit=INNER_STEPS,
                                               shown_default="--inner-steps")
-    first_order: bool = setting(False, "first-order approximation (FOMAML)",
+    first_order: bool = setting(False, "first-order approximation: inner gradients taken as constants (FOMAML)",
                                 flags=("--first-order", "--second-order"))
 
     def resolved(self) -> "MAMLSettings":
@@ -59,10 +59,15 @@ class MAML(MetaLearner):
 
     def __init__(self, model: nn.Module, settings: MAMLSettings, seed: int = 0) -> None:
         super().__init__(model, settings)
-        self.maml = l2l.algorithms.MAML(model, lr=self.settings.inner_lr, first_order=self.settings.first_order)
+        self.maml = self.wrap(model)
 
-    def _adapted(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
-                 first_order: bool) -> nn.Module:
+    def wrap(self, model: nn.Module) -> l2l.algorithms.MAML:
+        """The learn2learn module whose clone() / adapt() make the inner loop (MAML's: one rate)."""
+        return l2l.algorithms.MAML(model, lr=self.settings.inner_lr, first_order=self.settings.first_order)
+
+    def adapted(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,
+                first_order: bool) -> nn.Module:
+        """A clone of the model after `steps` SGD steps on the support loss (support_x [Ns, C, H, W])."""
         learner = self.maml.clone()
         for _ in range(steps):
             learner.adapt(F.cross_entropy(learner(support_x), support_y), first_order=first_order)
@@ -72,10 +77,10 @@ class MAML(MetaLearner):
         self.zero_grad()
         s = self.settings
         return backprop_query_losses(
-            batch, lambda sx, sy, qx: self._adapted(sx, sy, s.inner_steps, s.first_order)(qx))
+            batch, lambda sx, sy, qx: self.adapted(sx, sy, s.inner_steps, s.first_order)(qx))
 
     def predict(self, support_x, support_y, query_x, ways):
-        learner = self._adapted(support_x, support_y, self.settings.test_inner_steps, first_order=True)
+        learner = self.adapted(support_x, support_y, self.settings.test_inner_steps, first_order=True)
         with torch.no_grad():
             return learner(query_x)
 
@@ -105,8 +110,12 @@ class BatchedMAML(BatchedLearner):
             grads = grad(support_loss)(fast)
             if first_order:
                 grads = {k: g.detach() for k, g in grads.items()}
-            fast = {k: fast[k] - self.settings.inner_lr * grads[k] for k in fast}
+            fast = {k: self.inner_step(k, fast[k], grads[k]) for k in fast}
         return fast
+
+    def inner_step(self, name: str, value: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+        """One SGD step of parameter `name`: value - inner_lr * gradient (any shape)."""
+        return value - self.settings.inner_lr * gradient
 
     def _task_query(self, params: Params, support_x, support_y, query_x, query_y, steps: int,
                     first_order: bool) -> Tuple[torch.Tensor, torch.Tensor]:

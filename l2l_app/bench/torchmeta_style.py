@@ -205,7 +205,7 @@ class TorchmetaMAML(MetaLearner):
 def build(config, model: nn.Module) -> Tuple[Optional[TorchmetaMAML], Optional[str]]:
     """(the Torchmeta-style learner on a copy of `model`, None), or (None, why it does not apply):
     it computes MAML/FOMAML on Classifier(Conv4) only."""
-    if not isinstance(config.algorithm, MAMLSettings):
+    if type(config.algorithm) is not MAMLSettings:  # MAML itself, not an algorithm built on its settings
         return None, f"not applicable: Torchmeta-style computation is MAML/FOMAML only (--algo {config.algo})"
     try:
         return TorchmetaMAML(from_classifier(model), config.algorithm), None
