@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
-import learn2learn as l2l
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +28,9 @@ from ..engine import BatchedLearner, Params, activation_bytes, parameter_bytes
 from ..settings import INNER_STEPS, RATE, Limit, setting
 from ..learner import (AlgorithmSettings, AlgorithmSpec, Alias, MetaLearner, accuracy, backprop_query_losses,
                    register)
+
+if TYPE_CHECKING:  # learn2learn is imported when a loop learner is built (slow: torchvision)
+    import learn2learn as l2l
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class MAML(MetaLearner):
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.MAML:
         """The learn2learn module whose clone() / adapt() make the inner loop (MAML's: one rate)."""
+        import learn2learn as l2l
         return l2l.algorithms.MAML(model, lr=self.settings.inner_lr, first_order=self.settings.first_order)
 
     def adapted(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int,

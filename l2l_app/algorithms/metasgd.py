@@ -25,9 +25,8 @@ meta-optimiser and `extra_state()` to checkpoints (resume, evaluation).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, Mapping, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Tuple
 
-import learn2learn as l2l
 import torch
 from torch import nn
 
@@ -42,6 +41,9 @@ from .maml import MAML, BatchedMAML, MAMLSettings
 RATE_PREFIX = "lr."
 #: the key of the rates in the learner's state dict: {parameter name: rate tensor}
 STATE_KEY = "lr"
+
+if TYPE_CHECKING:  # learn2learn is imported when a loop learner is built (slow: torchvision)
+    import learn2learn as l2l
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ class MetaSGD(_LearnedRates, MAML):
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.MetaSGD:
         """learn2learn's MetaSGD over this learner's rates (lrs=: it uses and clones our tensors)."""
+        import learn2learn as l2l
         self._init_rates(self.settings.inner_lr)
         return l2l.algorithms.MetaSGD(model, first_order=self.settings.first_order, lrs=self.rates)
 
