@@ -222,7 +222,7 @@ class ExperimentConfig:
 
 def algorithm_of(settings: AlgorithmSettings) -> AlgorithmSpec:
     """The registered algorithm whose settings class `settings` is an instance of (exactly)."""
-    for spec in ALGORITHMS._specs.values():
+    for _, spec in ALGORITHMS.items():
         if type(settings) is spec.settings:
             return spec
     raise ConfigError(f"{type(settings).__name__} is not the settings class of a registered algorithm "
@@ -443,12 +443,20 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         fix = f" or use --algo {' or '.join(headless)}" if headless else ""
         errors.append(f"{algo} has a {config.train_ways}-way output layer: --train-ways must equal --ways "
                       f"({config.task.ways}); drop --train-ways{fix}")
-    if config.run.engine not in ("auto",) + spec.engines and config.run.engine in ENGINES:
-        errors.append(f"--engine {config.run.engine}: {algo} has only the {' and '.join(spec.engines)} engine; "
-                      f"use --engine {spec.engines[0]} or auto")
+    if config.run.engine in ENGINES:
+        errors.extend(filter(None, [missing_engine(config, config.run.engine)]))
     if errors:
         raise ConfigError("; ".join(errors))
     return config
+
+
+def missing_engine(config: ExperimentConfig, engine: str) -> Optional[str]:
+    """Why the config's algorithm cannot run on `engine` (None: it can, or engine is auto)."""
+    spec = config.spec
+    if engine == "auto" or engine in spec.engines:
+        return None
+    return (f"--engine {engine}: {config.algo} has only the {' and '.join(spec.engines)} engine; "
+            f"use --engine {spec.engines[0]} or auto")
 
 
 def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 
 from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
-from .config import ExperimentConfig, resolve, validate
+from .config import ExperimentConfig, missing_engine, resolve, validate
 from .data import SplitData, TaskSource, build_task_source, load_split
 from .engine import choose_chunk_size
 from .errors import ConfigError
@@ -37,9 +37,9 @@ def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optio
             return "loop"
         engine = spec.auto_engine.get(device.type, "loop")
         return engine if engine in spec.engines else "loop"
-    if engine not in spec.engines:
-        raise ConfigError(f"--engine {engine}: {config.algo} has only the {' and '.join(spec.engines)} engine; "
-                          f"use --engine {spec.engines[0]} or auto")
+    problem = missing_engine(config, engine)
+    if problem:
+        raise ConfigError(problem)
     return engine
 
 
@@ -69,7 +69,7 @@ def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk
     if engine == "batched" and spec.batched is not None:
         return spec.batched(model, config.algorithm, seed=config.run.seed, chunk_size=chunk_size,
                             compile=config.run.compile if compile is None else compile)
-    raise ConfigError(f"--engine {engine}: {config.algo} has only the {' and '.join(spec.engines)} engine")
+    raise ConfigError(missing_engine(config, engine) or f"--engine {engine!r} is not one of loop, batched")
 
 
 def build_optimizer(config: ExperimentConfig, learner: MetaLearner) -> Optimizers:
