@@ -70,6 +70,15 @@ class SectionedCommand(click.Command):
 #: what --help says for settings whose default is None (derived, or off)
 DERIVED_DEFAULTS: Dict[str, str] = {
     "data_root": "the bundled Omniglot",
+    "image_size": "the dataset's (omniglot 28, miniimagenet 84, folder 84, cifar-fs/fc100 32)",
+    "channels": "the dataset's (omniglot 1, others 3)",
+    "resize": "the dataset's (folder: crop; others: stretch)",
+    "normalize": "the dataset's (on for folder, CIFAR and features; off for omniglot and miniimagenet)",
+    "split_file": "none (class folders: train/val/test sub-folders, else a seeded split)",
+    "split_seed": "0",
+    "split_ratios": "0.64,0.16,0.2",
+    "label_column": "label",
+    "mlp_hidden": "256,256",
     "train_ways": "--ways",
     "train_shots": "--shots",
     "train_queries": "--queries",
@@ -132,6 +141,17 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("sampler", Choices(SAMPLERS), "episode sampler: l2l (learn2learn TaskDataset) or tensor (on-device); "
                                        "auto: tensor for the batched engine"),
         ("skip_bad_images", None, "skip unreadable images (counted and reported)"),
+        ("image_size", int, "side of the square images the data is decoded to"),
+        ("channels", int, "1 (grey) or 3 (RGB): what images are converted to"),
+        ("resize", Choices(("stretch", "crop")), "stretch: squash to the square; crop: shorter side to "
+                                                 "--image-size, then the centre square"),
+        ("normalize", None, "standardise inputs with the train split's per-channel mean and std "
+                            "(saved in the run and reused by eval, predict and export)"),
+        ("split_file", str, "class folders / features: a JSON {\"train\": [classes], \"val\": [...], "
+                            "\"test\": [...]} or a text file with [train], [val], [test] sections, one class per line"),
+        ("split_seed", int, "class folders / features without split folders or file: seed of the class-level split"),
+        ("split_ratios", str, "fractions of the classes in train,val,test for a seeded split"),
+        ("label_column", str, "features: the column (CSV) or array (.npz) that holds the class"),
     ]),
     ("Episodes", [
         ("ways", int, "classes per test/validation episode"),
@@ -144,6 +164,7 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
     ("Model", [
         ("backbone", Choices(BACKBONES.names()), "embedding network"),
         ("hidden", int, "filters per conv layer"),
+        ("mlp_hidden", str, "mlp: hidden layer sizes, comma-separated"),
     ]),
     ("Algorithm settings", ALGORITHM_SPECS),
     ("Meta-optimiser", [
@@ -333,11 +354,19 @@ def _eval_option(*decls: str, shown: Optional[str] = None, **kwargs: Any) -> Cal
 @_eval_option("--ways", type=int, shown="the run's", help="episode classes (MAML/Reptile: the run's only)")
 @_eval_option("--shots", type=int, shown="the run's", help="support images per class")
 @_eval_option("--queries", type=int, shown="the run's", help="query images per class")
+@_eval_option("--dataset", type=Choices(DATASETS.names()), shown="the run's",
+              help="evaluate on another dataset's classes (cross-domain), with the run's preprocessing")
+@_eval_option("--data-root", shown="the run's", help="the data of --dataset (or another copy of the run's)")
 @click.option("--quiet", is_flag=True, help="no progress output")
 def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optional[int], split: str,
              checkpoint: str, seed: Optional[int], device: Optional[str], engine: Optional[str],
-             ways: Optional[int], shots: Optional[int], queries: Optional[int], quiet: bool) -> None:
-    """Evaluate the run in RUN_DIR: mean accuracy and 95% CI over fixed-seed episodes."""
+             ways: Optional[int], shots: Optional[int], queries: Optional[int], dataset: Optional[str],
+             data_root: Optional[str], quiet: bool) -> None:
+    """Evaluate the run in RUN_DIR: mean accuracy and 95% CI over fixed-seed episodes.
+
+    With --dataset / --data-root: on another dataset's classes (train on mini-ImageNet, test on
+    your folder), decoded and normalised like the run's training data; the file records both.
+    """
     from .trainer import evaluate_run
     if run_arg is not None and run_opt is not None and Path(run_arg) != Path(run_opt):
         raise click.UsageError(f"two run directories given ({run_arg} and --run {run_opt}); give one")
@@ -349,9 +378,10 @@ def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optiona
                       (("ways", ways), ("shots", shots), ("queries", queries)))])
     result = evaluate_run(run_dir, split=split, episodes=episodes, checkpoint=checkpoint, seed=seed,
                           device=device, engine=engine, progress=not quiet, ways=ways, shots=shots,
-                          queries=queries)
+                          queries=queries, dataset=dataset, data_root=data_root)
     p = result.protocol
-    click.echo(f"{p['dataset']} {p['split']} {p['ways']}-way {p['shots']}-shot ({p['queries']} queries/class, "
+    trained = f" (trained on {p['cross_domain']['trained_on']})" if p.get("cross_domain") else ""
+    click.echo(f"{p['dataset']}{trained} {p['split']} {p['ways']}-way {p['shots']}-shot ({p['queries']} queries/class, "
                f"{p['checkpoint']} checkpoint, {p['batchnorm']}): accuracy {result}")
     click.echo(f"written to {Path(run_dir) / p['file']}")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import algorithms as _algorithms, backbones as _backbones, data as _data  # noqa: F401  (they register)
+from .data.types import DATA_OPTIONS, RESIZE_POLICIES, parse_split_ratios
 from .errors import ConfigError
 from .learner import AlgorithmSettings, AlgorithmSpec
 from .registry import ALGORITHMS, BACKBONES, DATASETS
@@ -34,6 +35,9 @@ ENGINES = ("auto", "loop", "batched")
 SAMPLERS = ("auto", "l2l", "tensor")
 SPLITS = ("train", "val", "test")
 
+#: the model settings a backbone may take besides `hidden` (`BackboneSpec.options`)
+MODEL_OPTIONS = ("mlp_hidden",)
+
 #: settings of the batched engine only (the loop engine ignores them)
 BATCHED_ONLY = ("chunk_size", "max_memory", "compile")
 
@@ -41,6 +45,7 @@ BATCHED_ONLY = ("chunk_size", "max_memory", "compile")
 #: declare theirs with `setting(flags=...)`)
 _SHARED_BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
     "skip_bad_images": ("--skip-bad-images", "--no-skip-bad-images"),
+    "normalize": ("--normalize", "--no-normalize"),
     "compile": ("--compile", "--no-compile"),
     "tf32": ("--tf32", "--no-tf32"),
     "skip_nonfinite": ("--skip-nonfinite", "--stop-nonfinite"),
@@ -92,15 +97,30 @@ LIMITS: Dict[str, Limit] = {
     "max_memory": Limit(0.0, 2.0**20, integer=False, open_low=True, why="1 PiB, more than any device has"),
     "checkpoint_minutes": _MINUTES,
     "time_budget": _MINUTES,
+    # images are decoded to image_size x image_size; Conv4 needs at least 16 (four halvings)
+    "image_size": Limit(1, 1024, why="a 1024x1024 image is 4x what few-shot backbones see"),
+    "channels": Limit(1, 3, why="1 (grey) or 3 (RGB)"),
+    "split_seed": _SEED,
 }
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The dataset and how it is read.  The options after skip_bad_images apply only to the
+    datasets that list them (`Dataset.options`); None takes the dataset's own value, which
+    `resolve` records."""
     dataset: str = "omniglot"
     data_root: Optional[str] = None
     sampler: str = "auto"
     skip_bad_images: bool = False
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    resize: Optional[str] = None
+    normalize: Optional[bool] = None
+    split_file: Optional[str] = None
+    split_seed: Optional[int] = None
+    split_ratios: Optional[str] = None
+    label_column: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -116,8 +136,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The backbone; `mlp_hidden` and any other option apply only to the backbones that list it
+    (`BackboneSpec.options`; None: the backbone's default, which `resolve` records)."""
     backbone: str = "conv4"
     hidden: int = 64
+    mlp_hidden: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -379,7 +402,35 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
                                train_queries=config.train_queries)
     unused = {name: None for name in APPLIES_TO if FIELD_GROUP[name] == "optim" and not applies(name, config.algo)}
     optim = dataclasses.replace(config.optim, **unused)
-    return dataclasses.replace(config, task=task, optim=optim, algorithm=config.algorithm.resolved())
+    return dataclasses.replace(config, task=task, optim=optim, algorithm=config.algorithm.resolved(),
+                               data=_resolved_data(config.data), model=_resolved_model(config.model))
+
+
+def _resolved_data(data: DataConfig) -> DataConfig:
+    """The dataset's own value for each of its options left None (other datasets' options: None)."""
+    dataset = DATASETS.get(data.dataset)
+    if dataset is None:
+        return data
+    values = {}
+    for name in DATA_OPTIONS:
+        if name not in dataset.options:
+            values[name] = None
+        elif getattr(data, name) is None:
+            values[name] = getattr(dataset, "in_channels" if name == "channels" else name, None)
+    if dataset.kind == "features":
+        values["channels"] = None  # the vectors' length is read from the data
+        values["image_size"] = None
+    return dataclasses.replace(data, **values)
+
+
+def _resolved_model(model: ModelConfig) -> ModelConfig:
+    """The backbone's default for each of its options left None (other backbones' options: None)."""
+    backbone = BACKBONES.get(model.backbone)
+    if backbone is None:
+        return model
+    values = {name: (backbone.defaults.get(name) if getattr(model, name) is None else getattr(model, name))
+              if name in backbone.options else None for name in MODEL_OPTIONS}
+    return dataclasses.replace(model, **values)
 
 
 # ------------------------------------------------------------------------------ validation
@@ -394,7 +445,7 @@ def limit_error(name: str, value: Any, option: Optional[str] = None) -> Optional
 
 def _shared_choices() -> Dict[str, Tuple[str, ...]]:
     return {"dataset": tuple(DATASETS.names()), "sampler": SAMPLERS, "algo": tuple(ALGORITHMS.names()),
-            "engine": ENGINES, "backbone": tuple(BACKBONES.names()), "split": SPLITS}
+            "engine": ENGINES, "backbone": tuple(BACKBONES.names()), "split": SPLITS, "resize": RESIZE_POLICIES}
 
 
 def _value_error(name: str, value: Any, limit: Optional[Limit], choices: Optional[Tuple[str, ...]]) -> Optional[str]:
@@ -438,6 +489,14 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             errors.append(problem)
     if not errors:
         errors.extend(config.algorithm.problems())
+    errors.extend(component_option_problems(config, {}))
+    if config.data.channels is not None and config.data.channels not in (1, 3):
+        errors.append(f"--channels {config.data.channels} must be 1 (grey) or 3 (RGB)")
+    if config.data.split_ratios is not None:
+        try:
+            parse_split_ratios(config.data.split_ratios)
+        except ValueError as exc:
+            errors.append(f"--split-ratios {config.data.split_ratios!r}: {exc}")
     if spec.head and config.train_ways != config.task.ways:
         headless = [name for name, s in ALGORITHMS.items() if not s.head]
         fix = f" or use --algo {' or '.join(headless)}" if headless else ""
@@ -448,6 +507,29 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     if errors:
         raise ConfigError("; ".join(errors))
     return config
+
+
+def component_option_problems(config: ExperimentConfig, given: Mapping[str, str]) -> List[str]:
+    """Data settings the chosen dataset does not take, and model settings the chosen backbone does
+    not take, that are set (in `given`, or with a non-None value in `config`).  One message per component."""
+    problems = []
+    dataset, backbone = DATASETS.get(config.data.dataset), BACKBONES.get(config.model.backbone)
+    for component, chosen, options, names in (
+            (dataset, f"--dataset {config.data.dataset}", DATA_OPTIONS, "dataset"),
+            (backbone, f"--backbone {config.model.backbone}", MODEL_OPTIONS, "backbone")):
+        if component is None:
+            continue
+        group = config.data if names == "dataset" else config.model
+        foreign = [n for n in options if n not in component.options and (n in given or getattr(group, n) is not None)]
+        if foreign:
+            registry = DATASETS if names == "dataset" else BACKBONES
+            takers = sorted({t for n in foreign for t, c in registry.items() if n in c.options})
+            labels = [given.get(n, flag(n)) for n in foreign]
+            one = len(labels) == 1
+            problems.append(f"{listing(labels, 'and')} appl{'ies' if one else 'y'} only to "
+                            f"{names} {listing(takers, 'and') if takers else 'none'}, not to {chosen}; "
+                            f"drop {'it' if one else 'them'}")
+    return problems
 
 
 def missing_engine(config: ExperimentConfig, engine: str) -> Optional[str]:
@@ -485,6 +567,7 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
     elif "max_memory" in given and "chunk_size" in given:
         problems.append(f"{given['max_memory']} only picks the chunk size, which {given['chunk_size']} fixes; "
                         f"drop one of them")
+    problems.extend(component_option_problems(config, given))
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -14,8 +14,8 @@ from torch import nn
 
 from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
-from .config import ExperimentConfig, missing_engine, resolve, validate
-from .data import SplitData, TaskSource, build_task_source, load_split
+from .config import MODEL_OPTIONS, ExperimentConfig, missing_engine, resolve, validate
+from .data import Dataset, Preprocessing, SplitData, TaskSource, build_task_source, load_split
 from .engine import choose_chunk_size
 from .errors import ConfigError
 from .learner import MetaLearner, Optimizers
@@ -50,11 +50,20 @@ def resolve_sampler(sampler: str, engine: str) -> str:
     return "tensor" if engine == "batched" else "l2l"
 
 
-def build_model(config: ExperimentConfig) -> nn.Module:
-    """The backbone for the dataset's images, plus a linear layer over --ways classes when the
-    algorithm has an output layer (`AlgorithmSpec.head`)."""
-    dataset = DATASETS[config.data.dataset]
-    backbone = build_backbone(config.model.backbone, dataset.in_channels, dataset.image_size, config.model.hidden)
+def configured_dataset(config: ExperimentConfig) -> Dataset:
+    """The config's dataset with the run's data settings applied (`Dataset.configured`)."""
+    return DATASETS[config.data.dataset].configured(resolve(config).data)
+
+
+def build_model(config: ExperimentConfig, input_shape: Optional[Tuple[int, ...]] = None) -> nn.Module:
+    """The backbone for inputs of `input_shape` ((C, H, W) or (D,); None: the configured dataset's
+    images), plus a linear layer over --ways classes when the algorithm has an output layer
+    (`AlgorithmSpec.head`)."""
+    if input_shape is None:
+        dataset = configured_dataset(config)
+        input_shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+    m = config.model
+    backbone = build_backbone(m.backbone, input_shape, m.hidden, **{n: getattr(m, n) for n in MODEL_OPTIONS})
     model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
     assert_no_aliased_submodules(model)
     return model
@@ -77,9 +86,18 @@ def build_optimizer(config: ExperimentConfig, learner: MetaLearner) -> Optimizer
     return config.spec.optimizer.build(learner.meta_parameters(), config.optim, config.algorithm)
 
 
+def load_config_split(config: ExperimentConfig, split: str, progress: bool = True,
+                      skip_bad_images: Optional[bool] = None) -> SplitData:
+    """One split of the config's dataset, read with its data settings (decoded once, then cached)."""
+    d = config.data
+    skip = d.skip_bad_images if skip_bad_images is None else skip_bad_images
+    return load_split(configured_dataset(config), split, d.data_root, progress=progress, skip_bad_images=skip)
+
+
 @dataclass
 class Experiment:
-    """A resolved config with the device, engine and sampler it runs on, and its model and learner."""
+    """A resolved config with the device, engine and sampler it runs on, its input preprocessing,
+    and its model and learner."""
 
     config: ExperimentConfig
     device: torch.device
@@ -87,25 +105,40 @@ class Experiment:
     sampler: str
     model: nn.Module
     learner: MetaLearner
+    preprocessing: Preprocessing
 
     @classmethod
     def build(cls, config: ExperimentConfig, device: Optional[str] = None, engine: Optional[str] = None,
-              sampler: Optional[str] = None, meta_batch: Optional[int] = None) -> "Experiment":
+              sampler: Optional[str] = None, meta_batch: Optional[int] = None,
+              preprocessing: Optional[Preprocessing] = None) -> "Experiment":
         """Validate and resolve `config`, pick the device (and its TF32 mode), engine and sampler,
-        and build the model (from the global torch seed: seed first for reproducible weights)."""
+        and build the model (from the global torch seed: seed first for reproducible weights).
+
+        `preprocessing`: how inputs are prepared (a new run's `Preprocessing.for_run`, or the one
+        saved in a run); None: the dataset's decoding, pixels / 255 (needs an image dataset).
+        """
         config = resolve(validate(config))
+        dataset = configured_dataset(config)
+        if preprocessing is None:
+            if dataset.kind != "image":
+                raise ConfigError(f"--dataset {dataset.name}: the input size is read from the data; build "
+                                  f"with Preprocessing.for_run(dataset, train split)")
+            preprocessing = Preprocessing.unnormalised(dataset)
         dev = runtime.resolve_device(device or config.run.device)
         runtime.set_tf32(config.run.tf32)
         chosen = resolve_engine(config, dev, engine, meta_batch)
-        model = build_model(config).to(dev)
+        model = build_model(config, preprocessing.input_shape).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
-        return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner)
+        return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner,
+                   preprocessing)
+
+    @property
+    def dataset(self) -> Dataset:
+        return configured_dataset(self.config)
 
     def load_split(self, split: str, progress: bool = True, skip_bad_images: Optional[bool] = None) -> SplitData:
         """One split of the config's dataset (decoded once, then from the cache)."""
-        d = self.config.data
-        skip = d.skip_bad_images if skip_bad_images is None else skip_bad_images
-        return load_split(d.dataset, split, d.data_root, progress=progress, skip_bad_images=skip)
+        return load_config_split(self.config, split, progress, skip_bad_images)
 
     def fit_chunk_size(self, train: SplitData) -> None:
         """--max-memory: the tasks per chunk that fit the budget, measured on a meta-batch from a
@@ -124,7 +157,7 @@ class Experiment:
         ways, shots, queries = shape
         kwargs = {} if flags is None else {"flags": flags}
         return build_task_source(sampler or self.sampler, split, ways, shots, queries, seed=seed,
-                                 device=self.device, **kwargs)
+                                 device=self.device, preprocessing=self.preprocessing, **kwargs)
 
     @property
     def train_shape(self) -> Tuple[int, int, int]:

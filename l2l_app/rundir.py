@@ -5,6 +5,8 @@ Layout of a run directory::
 
     config.json        every resolved setting
     run.json           engine, sampler, device, environment, skipped images
+    preprocessing.json how inputs are decoded and normalised (train-split statistics)
+    splits.json        the classes of each split, when the dataset derives them (class folders)
     metrics.jsonl      one JSON object per training step / validation
     checkpoints/last.pt, checkpoints/best.pt
     eval-<split>-<checkpoint>-<W>w<S>s<Q>q-<E>ep-seed<N>.json   one file per evaluation protocol
@@ -29,14 +31,19 @@ import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .config import ExperimentConfig, load_json, resolve
 from .errors import ConfigError
 from .fileio import file_sha256, read_json
 
+if TYPE_CHECKING:
+    from .data import Preprocessing
+
 CONFIG_FILE = "config.json"
 RUN_INFO_FILE = "run.json"
+PREPROCESSING_FILE = "preprocessing.json"
+SPLITS_FILE = "splits.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
@@ -59,6 +66,22 @@ def load_config(run_dir: Path) -> ExperimentConfig:
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                           f"pass the --out directory of `l2l-app train`")
     return resolve(load_json(Path(run_dir) / CONFIG_FILE))
+
+
+def load_preprocessing(run_dir: Path, config: Optional[ExperimentConfig] = None) -> "Preprocessing":
+    """The run's `Preprocessing` (preprocessing.json); a run written before that file existed used
+    its dataset's decoding with pixels / 255."""
+    from .data import Preprocessing
+    from .registry import DATASETS
+
+    path = Path(run_dir) / PREPROCESSING_FILE
+    if path.is_file():
+        try:
+            return Preprocessing.from_dict(read_json(path, "preprocessing"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}; restore it from a copy of the run") from None
+    config = config if config is not None else load_config(run_dir)
+    return Preprocessing.unnormalised(DATASETS[config.data.dataset].configured(config.data))
 
 
 # ------------------------------------------------------------------------------ locking
@@ -257,16 +280,30 @@ class RunDirectory:
 
 # ------------------------------------------------------------------------------ evaluations
 def eval_file_name(split: str, checkpoint: str, ways: int, shots: int, queries: int, episodes: int,
-                   seed: int) -> str:
-    """The file of one evaluation protocol, e.g. eval-test-best-5w1s15q-1000ep-seed1234.json."""
-    return f"eval-{split}-{checkpoint}-{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}.json"
+                   seed: int, other_data: Optional[str] = None) -> str:
+    """The file of one evaluation protocol, e.g. eval-test-best-5w1s15q-1000ep-seed1234.json;
+    `other_data` names a cross-domain evaluation's data (eval-cub-3f9a2c-test-...): the dataset
+    and a short hash of its data root, so evaluations on two copies never share a file."""
+    prefix = f"{other_data}-" if other_data else ""
+    return f"eval-{prefix}{split}-{checkpoint}-{ways}w{shots}s{queries}q-{episodes}ep-seed{seed}.json"
+
+
+def other_data_label(dataset: str, data_root: Optional[str]) -> str:
+    """'folder-3f9a2c1b' for a cross-domain evaluation on `dataset` at `data_root` (its resolved path hashed)."""
+    import hashlib
+
+    root = "" if data_root is None else str(Path(data_root).expanduser().resolve())
+    return f"{dataset}-{hashlib.sha256(root.encode()).hexdigest()[:8]}"
 
 
 def eval_command(run_dir: Path, protocol: Dict[str, Any]) -> str:
     """The `l2l-app eval` command that (re)computes an evaluation with this protocol."""
     p = protocol
     name = p.get("checkpoint_name") or str(p.get("checkpoint", "best")).split()[0]
-    return (f"l2l-app eval {run_dir} --split {p['split']} --checkpoint {name} --ways {p['ways']} "
+    other = p.get("cross_domain")
+    data = f" --dataset {other['dataset']}" + (f" --data-root {other['data_root']}" if other.get("data_root") else "") \
+        if other else ""
+    return (f"l2l-app eval {run_dir}{data} --split {p['split']} --checkpoint {name} --ways {p['ways']} "
             f"--shots {p['shots']} --queries {p['queries']} --episodes {p['episodes']} "
             f"--seed {p['episode_seed']}")
 

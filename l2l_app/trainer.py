@@ -8,6 +8,7 @@ resume) before it touches the disk; only then does it take the run directory.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -21,15 +22,19 @@ import torch
 
 from . import runtime
 from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
-from .config import SPLITS, ExperimentConfig, validate, with_overrides
+from .config import SPLITS, ExperimentConfig, resolve, validate, with_overrides
+from .data.types import DATA_OPTIONS
 from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
-from .experiment import Experiment, build_optimizer
+from .data import Preprocessing, list_classes
+from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
 from .progress import Progress
 from .fileio import file_sha256, read_json, write_json
-from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, RUN_INFO_FILE, TENSORBOARD_DIR, RunDirectory,
-                     check_run_target, checkpoint_path, eval_file_name, list_evaluations, load_config)
+from .registry import DATASETS
+from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, PREPROCESSING_FILE, RUN_INFO_FILE, SPLITS_FILE,
+                     TENSORBOARD_DIR, RunDirectory, check_run_target, checkpoint_path, eval_file_name,
+                     list_evaluations, load_config, load_preprocessing, other_data_label)
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
 ACCURACY_UNIT = "%"
@@ -129,23 +134,31 @@ class Trainer:
         mode = "resume" if resume else ("overwrite" if overwrite else "new")
         check_run_target(self.run_dir, mode)  # cheap refusals first: busy, exists, path through a file
         runtime.seed_everything(validate(config).run.seed)  # before the model's weights are drawn
-        self.experiment = Experiment.build(config, meta_batch=config.optim.meta_batch)
-        self.config = self.experiment.config
+        config = resolve(config)
+        runtime.resolve_device(config.run.device)  # a missing device is refused before any decoding
         self.resume = resume
         self.progress = progress
         self.on_step = on_step
         self._stop_signal: Optional[int] = None
-        self._tensorboard_class = _open_tensorboard(self.config.run.tensorboard)
+        self._tensorboard_class = _open_tensorboard(config.run.tensorboard)
         self._tensorboard = None
+
+        self.train_split = load_config_split(config, "train", progress)
+        self.val_split = load_config_split(config, "val", progress)
+        self.bad_images = self.train_split.skipped + self.val_split.skipped
+        check_disjoint({"train": self.train_split, "val": self.val_split})
+        dataset = configured_dataset(config)
+        self.class_lists = list_classes(dataset, config.data.data_root)
+        self.preprocessing = (load_preprocessing(self.run_dir, config) if resume
+                              else Preprocessing.for_run(dataset, self.train_split))
+        self.experiment = Experiment.build(config, meta_batch=config.optim.meta_batch,
+                                           preprocessing=self.preprocessing)
+        self.config = self.experiment.config
 
         c, x = self.config, self.experiment
         self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
         self.model, self.learner = x.model, x.learner
 
-        self.train_split = x.load_split("train", progress)
-        self.val_split = x.load_split("val", progress)
-        self.bad_images = self.train_split.skipped + self.val_split.skipped
-        check_disjoint({"train": self.train_split, "val": self.val_split})
         self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=self._train_flags())
         # Build once to validate the evaluation episode shape against the validation split.
         self._val_source()
@@ -171,6 +184,9 @@ class Trainer:
                 self._truncate_metrics(self.step)
             write_json(self.files.file(CONFIG_FILE), c.to_dict())  # on --resume: records what changed
             if not resume:
+                write_json(self.files.file(PREPROCESSING_FILE), self.preprocessing.to_dict())
+                if self.class_lists is not None:
+                    write_json(self.files.file(SPLITS_FILE), self.class_lists)
                 write_json(self.files.file(RUN_INFO_FILE), {
                     "engine": self.engine, "sampler": self.sampler, "device": str(self.device),
                     "chunk_size": getattr(self.learner, "chunk_size", None), "accuracy_unit": ACCURACY_UNIT,
@@ -425,21 +441,27 @@ def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
 def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None,
                  checkpoint: str = "best", seed: int | None = None, device: str | None = None,
                  engine: str | None = None, progress: bool = True, ways: int | None = None,
-                 shots: int | None = None, queries: int | None = None) -> EvalResult:
+                 shots: int | None = None, queries: int | None = None, dataset: str | None = None,
+                 data_root: str | None = None) -> EvalResult:
     """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
 
     ways/shots/queries override the run's evaluation episode shape (an algorithm without an
-    output layer, like ProtoNet, can test any ways; one with an N-way layer only its N).  Writes
-    one file per protocol (`rundir.eval_file_name`), recording the checkpoint's step and SHA-256
-    so that a later change of the checkpoint marks the result stale.
+    output layer, like ProtoNet, can test any ways; one with an N-way layer only its N).
+    dataset/data_root: evaluate on another dataset's (or another copy's) classes -- cross-domain
+    evaluation (Chen et al., ICLR 2019) -- decoded and normalised with the run's preprocessing.
+    Writes one file per protocol (`rundir.eval_file_name`), recording the checkpoint's step and
+    SHA-256 so that a later change of the checkpoint marks the result stale.
     """
     run_dir = Path(run_dir)
     trained = load_config(run_dir)
+    preprocessing = load_preprocessing(run_dir, trained)
     shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
     if ways is not None and ways != trained.task.ways and trained.spec.head:
         raise ConfigError(f"--ways {ways}: this {trained.algo} model has a "
                           f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
-    config = validate(with_overrides(trained, shape))
+    other = dataset is not None or data_root is not None
+    base = cross_domain_config(trained, preprocessing, dataset, data_root) if other else trained
+    config = validate(with_overrides(base, shape))
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
     if split not in SPLITS:
@@ -448,7 +470,7 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
-    x = Experiment.build(config, device=device, engine=engine, sampler="l2l")
+    x = Experiment.build(config, device=device, engine=engine, sampler="l2l", preprocessing=preprocessing)
     ckpt_path = checkpoint_path(run_dir, checkpoint)
     digest = file_sha256(ckpt_path) if ckpt_path.is_file() else None
     state = load_checkpoint(ckpt_path, map_location=x.device)
@@ -456,13 +478,38 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
     protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {state['step']})")
+    label = other_data_label(config.data.dataset, config.data.data_root) if other else None
     out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
-                                   episodes, seed)
+                                   episodes, seed, label)
     protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
-                    checkpoint_sha256=digest, file=out.name)
+                    checkpoint_sha256=digest, file=out.name, preprocessing=preprocessing.describe())
+    if other:
+        protocol["cross_domain"] = {"trained_on": trained.data.dataset, "dataset": config.data.dataset,
+                                    "data_root": config.data.data_root}
     result = evaluate(x.learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
     write_json(out, result.to_dict(with_accuracies=True))
     return result
+
+
+def cross_domain_config(trained: ExperimentConfig, preprocessing: Preprocessing, dataset: Optional[str],
+                        data_root: Optional[str]) -> ExperimentConfig:
+    """The run's config reading `dataset` at `data_root` instead (None: the run's), decoded like the
+    run's data (`Preprocessing.dataset_settings`); refused when the run's inputs are images and the
+    other data vectors or the other way round."""
+    other = DATASETS.get(dataset or trained.data.dataset)
+    if other is None:
+        raise DATASETS.unknown(str(dataset))
+    if other.kind != preprocessing.kind:
+        raise ConfigError(f"--dataset {other.name} holds {'feature vectors' if other.kind == 'features' else 'images'}"
+                          f", but this run was trained on {preprocessing.describe()}; evaluate on a dataset of the "
+                          f"same kind")
+    values: Dict[str, Any] = {n: None for n in DATA_OPTIONS}
+    if other.name == trained.data.dataset:
+        values.update({n: getattr(trained.data, n) for n in DATA_OPTIONS})
+    values.update({n: v for n, v in preprocessing.dataset_settings().items() if n in other.options})
+    values.update(dataset=other.name, data_root=data_root if data_root is not None else
+                  (trained.data.data_root if other.name == trained.data.dataset else None))
+    return dataclasses.replace(trained, data=dataclasses.replace(trained.data, **values))
 
 
 __all__ = ["Trainer", "TrainSummary", "evaluate_run", "NonFiniteLossError", "Interrupted",

@@ -38,7 +38,7 @@ def _one_thread():
 def make(name: str, in_channels: int = 1, size: int = 28, hidden: int = HIDDEN, seed: int = 0,
          dtype: torch.dtype = torch.float64) -> nn.Module:
     torch.manual_seed(seed)
-    return build_backbone(name, in_channels, size, hidden).to(dtype)
+    return build_backbone(name, (in_channels, size, size), hidden).to(dtype)
 
 
 def images(n: int, in_channels: int = 1, size: int = 28, seed: int = 1,
@@ -61,7 +61,7 @@ def test_registry_lists_the_backbones():
 
 def test_unknown_name_lists_the_valid_names():
     with pytest.raises(ConfigError) as info:
-        build_backbone("resnet13", 3, 84, HIDDEN)
+        build_backbone("resnet13", (3, 84, 84), HIDDEN)
     message = str(info.value)
     assert "resnet13" in message
     for name in NAMES:
@@ -101,24 +101,24 @@ def test_aliased_submodule_is_detected():
 
 def test_conv4_parameter_names_are_unchanged():
     """Checkpoints on disk hold these names."""
-    names = list(Classifier(build_backbone("conv4", 1, 28, HIDDEN), 5).state_dict())
+    names = list(Classifier(build_backbone("conv4", (1, 28, 28), HIDDEN), 5).state_dict())
     expected = [f"backbone.blocks.{i}.{j}.{p}" for i in range(4) for j in (0, 1) for p in ("weight", "bias")]
     assert names == expected + ["head.weight", "head.bias"]
-    assert list(build_backbone("conv4-strided", 1, 28, HIDDEN).state_dict()) == [n[len("backbone."):]
+    assert list(build_backbone("conv4-strided", (1, 28, 28), HIDDEN).state_dict()) == [n[len("backbone."):]
                                                                                  for n in expected]
 
 
 def test_conv4_feature_sizes():
-    assert build_backbone("conv4", 1, 28, 64).feature_size == 64
-    assert build_backbone("conv4", 3, 84, 32).feature_size == 800
-    assert build_backbone("conv4-strided", 1, 28, 64).feature_size == 64 * 2 * 2
+    assert build_backbone("conv4", (1, 28, 28), 64).feature_size == 64
+    assert build_backbone("conv4", (3, 84, 84), 32).feature_size == 800
+    assert build_backbone("conv4-strided", (1, 28, 28), 64).feature_size == 64 * 2 * 2
 
 
 def test_resnet12_is_the_standard_size():
     """64-160-320-640 and 12,424,320 parameters on 3-channel inputs; 640 features for both inputs."""
     # (on the CPU: a first use of the meta device costs ~1.5 s of lazy imports, these builds ~0.2 s)
     for in_channels, size in INPUTS:
-        model = build_backbone("resnet12", in_channels, size, 64)
+        model = build_backbone("resnet12", (in_channels, size, size), 64)
         assert model.feature_size == 640
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
     assert widths == [64, 160, 320, 640]
@@ -127,7 +127,7 @@ def test_resnet12_is_the_standard_size():
 
 def test_resnet12_rejects_too_small_images():
     with pytest.raises(ConfigError, match="at least 16x16"):
-        build_backbone("resnet12", 1, 8, HIDDEN)
+        build_backbone("resnet12", (1, 8, 8), HIDDEN)
 
 
 # ----------------------------------------------------------------------------------- batch norm

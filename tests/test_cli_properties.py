@@ -43,11 +43,12 @@ TRAIN_CONTEXT = {
     "--grad-clip": [], "--lr-decay-every": [], "--lr-decay": ["--lr-decay-every", "1"], "--seed": [],
     "--chunk-size": BATCHED, "--max-memory": BATCHED, "--val-every": [], "--val-episodes": [],
     "--checkpoint-every": [], "--checkpoint-minutes": [], "--time-budget": [], "--log-every": [],
+    "--image-size": [], "--channels": [], "--split-seed": [],  # omniglot takes the first two, not the third
 }
 EVAL_OPTIONS = ["--episodes", "--seed", "--ways", "--shots", "--queries"]
 #: above these, a valid value runs against the stand-in (a real run would take seconds to hours)
 SLOW_ABOVE = {"--hidden": 16, "--meta-batch": 4, "--val-episodes": 8, "--inner-steps": 3,
-              "--test-inner-steps": 3, "--episodes": 20}
+              "--test-inner-steps": 3, "--episodes": 20, "--image-size": 40}
 
 #: tried first for every option: small values most options accept, a large one only some accept
 #: (the stand-in runs it), and the top of the seed's range

@@ -100,28 +100,30 @@ def test_cache_key_changes_with_preprocessing_and_inputs(synthetic_omniglot, mon
     spec = DATASETS["omniglot"]
     source = spec.open(s.zip_root)
     split_file = s.split_dir / "train.txt"
-    key = split_cache.cache_key(spec, source, split_file)
-    assert key == split_cache.cache_key(spec, spec.open(s.zip_root), split_file)
-    assert key != split_cache.cache_key(spec, source, s.split_dir / "val.txt")
+    key = split_cache.cache_key(spec, source, "train", split_file)
+    assert key == split_cache.cache_key(spec, spec.open(s.zip_root), "train", split_file)
+    assert key != split_cache.cache_key(spec, source, "val", s.split_dir / "val.txt")
     monkeypatch.setattr(images, "RESIZE_FILTER", "BILINEAR")
-    assert split_cache.cache_key(spec, source, split_file) != key
+    assert split_cache.cache_key(spec, source, "train", split_file) != key
     monkeypatch.setattr(images, "RESIZE_FILTER", "LANCZOS")
     monkeypatch.setattr(split_cache, "CACHE_VERSION", split_cache.CACHE_VERSION + 1)
-    assert split_cache.cache_key(spec, source, split_file) != key
+    assert split_cache.cache_key(spec, source, "train", split_file) != key
     monkeypatch.undo()
     other = dataclasses.replace(spec, image_size=32)
-    assert split_cache.cache_key(other, source, split_file) != key
+    assert split_cache.cache_key(other, source, "train", split_file) != key
+    for changed in (dataclasses.replace(spec, in_channels=3), dataclasses.replace(spec, resize="crop")):
+        assert split_cache.cache_key(changed, source, "train", split_file) != key
     # Content of the data: a changed zip changes the key.
     with zipfile.ZipFile(s.zip_root / "images_background.zip", "a") as zf:
         zf.writestr("images_background/Alpha/character01/extra.txt", b"x")
-    assert split_cache.cache_key(spec, spec.open(s.zip_root), split_file) != key
+    assert split_cache.cache_key(spec, spec.open(s.zip_root), "train", split_file) != key
     # Folder layout: touching a file changes the key.
     fsrc = spec.open(s.folder_root)
-    fkey = split_cache.cache_key(spec, fsrc, split_file)
+    fkey = split_cache.cache_key(spec, fsrc, "train", split_file)
     png = next((s.folder_root / "images_background" / "Alpha" / "character01").glob("*.png"))
     st = png.stat()
     os.utime(png, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert split_cache.cache_key(spec, spec.open(s.folder_root), split_file) != fkey
+    assert split_cache.cache_key(spec, spec.open(s.folder_root), "train", split_file) != fkey
 
 
 def test_read_only_root_falls_back_to_cache_dir(synthetic_omniglot, tmp_path, monkeypatch):

@@ -11,9 +11,12 @@ every public module of this package is imported below.
 """
 from __future__ import annotations
 
+from typing import Any, Tuple
+
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import BACKBONES, import_submodules
 from .conv4 import Conv4, conv_block
 from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, native_task_batch_norm,
@@ -27,15 +30,20 @@ __all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_
            "Conv4", "conv_block"]
 
 
-def build_backbone(name: str, in_channels: int, image_size: int, hidden: int) -> nn.Module:
-    """The registered backbone `name` for [N, in_channels, image_size, image_size] inputs.
+def build_backbone(name: str, input_shape: Tuple[int, ...], hidden: int, **options: Any) -> nn.Module:
+    """The registered backbone `name` for inputs [N, *input_shape] ((C, H, W) images or (D,) vectors).
 
-    Raises `BACKBONES.unknown(name)` (a ConfigError listing the valid names) for an unknown name.
+    Raises `BACKBONES.unknown(name)` (a ConfigError listing the valid names) for an unknown name,
+    and a ConfigError when the backbone takes only images and the inputs are vectors.
     """
     spec = BACKBONES.get(name)
     if spec is None:
         raise BACKBONES.unknown(name)
-    return spec.build(in_channels, image_size, hidden)
+    if not spec.accepts(tuple(input_shape)):
+        takes_any = [n for n, s in BACKBONES.items() if s.inputs == "any"]
+        raise ConfigError(f"--backbone {name} takes images, but the data are vectors of {input_shape[0]} numbers; "
+                          f"use --backbone {' or '.join(takes_any) or 'with vector inputs'}")
+    return spec.make(tuple(input_shape), hidden, **options)
 
 
 class Classifier(nn.Module):

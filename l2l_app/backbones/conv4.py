@@ -5,9 +5,12 @@ instead of pooling, as in MAML's Omniglot network).
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import BACKBONES
 from .norm import TaskBatchNorm2d
 from .spec import BackboneSpec
@@ -40,18 +43,21 @@ class Conv4(nn.Module):
         side = image_size
         for _ in range(4):
             side = side // 2 if max_pool else (side + 1) // 2
+        if side < 1:
+            raise ConfigError(f"--image-size {image_size} is too small for conv4: four 2x2 max-pools need at least "
+                              f"16 pixels; pass --image-size 16 or more")
         self.feature_size = hidden * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(x).flatten(1)
 
 
-def _conv4(in_channels: int, image_size: int, hidden: int) -> nn.Module:
-    return Conv4(in_channels, hidden, image_size, max_pool=True)
+def _conv4(input_shape: Tuple[int, ...], hidden: int) -> nn.Module:
+    return Conv4(input_shape[0], hidden, input_shape[-1], max_pool=True)
 
 
-def _conv4_strided(in_channels: int, image_size: int, hidden: int) -> nn.Module:
-    return Conv4(in_channels, hidden, image_size, max_pool=False)
+def _conv4_strided(input_shape: Tuple[int, ...], hidden: int) -> nn.Module:
+    return Conv4(input_shape[0], hidden, input_shape[-1], max_pool=False)
 
 
 BACKBONES.register("conv4", BackboneSpec(

@@ -17,6 +17,8 @@ Registers `resnet12`.  This file is all it takes to add the backbone.
 """
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,7 +91,8 @@ class ResNet12(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
 
-def _resnet12(in_channels: int, image_size: int, hidden: int) -> nn.Module:
+def _resnet12(input_shape: Tuple[int, ...], hidden: int) -> nn.Module:
+    in_channels, image_size = input_shape[0], input_shape[-1]
     return ResNet12(in_channels, hidden, image_size)
 
 

@@ -1,8 +1,8 @@
 """`BackboneSpec`: what a backbone module registers in `registry.BACKBONES`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Tuple
 
 from torch import nn
 
@@ -12,10 +12,22 @@ class BackboneSpec:
     """A registered backbone.
 
     name: the `--backbone` value; help: one line for the CLI and reports;
-    build(in_channels, image_size, hidden): a module mapping [N, in_channels, image_size,
-    image_size] to features [N, feature_size], with the int attribute `.feature_size`.
+    build(input_shape, hidden, **options): a module mapping inputs [N, *input_shape] to features
+    [N, feature_size], with the int attribute `.feature_size`; `inputs`: 'image' (input_shape
+    (C, H, W) only) or 'any' (also feature vectors (D,)); `options`: the model settings
+    (`ModelConfig` names) it reads besides `hidden`, passed as keywords.
     """
 
     name: str
     help: str
-    build: Callable[[int, int, int], nn.Module]
+    build: Callable[..., nn.Module]
+    inputs: str = "image"
+    options: Tuple[str, ...] = ()
+    #: the default of each option (what `l2l_app.config.resolve` records)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def accepts(self, input_shape: Tuple[int, ...]) -> bool:
+        return self.inputs == "any" or len(input_shape) == 3
+
+    def make(self, input_shape: Tuple[int, ...], hidden: int, **options: Any) -> nn.Module:
+        return self.build(tuple(input_shape), hidden, **{k: v for k, v in options.items() if k in self.options})

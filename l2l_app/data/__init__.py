@@ -5,6 +5,7 @@
   `l2l_app.registry.DATASETS` -- every module of this package is imported here, so adding a
   dataset is adding one file;
 * `images` (raw files and decoding) and `cache` (the tensor cache of decoded splits), for any dataset;
+* `preprocess`: a run's `Preprocessing` (decoding and normalisation, saved in the run);
 * `loading`: `load_split` / `load_splits` / `check_disjoint` / `dataset_spec`;
 * `samplers`: the task sources (`build_task_source`) and learn2learn's view (`build_metadataset`).
 """
@@ -14,9 +15,10 @@ from . import omniglot  # noqa: F401  the default dataset registers first, so na
 
 import_submodules(__name__)
 
-from .loading import check_disjoint, dataset_spec, load_split, load_splits  # noqa: E402
+from .loading import check_disjoint, dataset_spec, list_classes, load_split, load_splits  # noqa: E402
+from .preprocess import Preprocessing  # noqa: E402
 from .samplers import build_metadataset, build_task_source  # noqa: E402
 from .types import Dataset, EpisodeBatch, PathLike, SplitData, TaskSource  # noqa: E402
 
-__all__ = ["Dataset", "EpisodeBatch", "PathLike", "SplitData", "TaskSource", "build_metadataset",
-           "build_task_source", "check_disjoint", "dataset_spec", "load_split", "load_splits"]
+__all__ = ["Dataset", "EpisodeBatch", "PathLike", "Preprocessing", "SplitData", "TaskSource", "build_metadataset",
+           "build_task_source", "check_disjoint", "dataset_spec", "list_classes", "load_split", "load_splits"]

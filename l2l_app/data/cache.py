@@ -26,13 +26,14 @@ from l2l_app.fileio import atomic_write
 CACHE_VERSION = 1
 
 
-def cache_key(dataset: Dataset, source: Source, split_file: Path) -> str:
-    """Short hash of source content, preprocessing parameters, the split file and CACHE_VERSION."""
+def cache_key(dataset: Dataset, source: Source, split: str, split_file: Path) -> str:
+    """Short hash of source content, preprocessing parameters, the split's class listing
+    (`Dataset.split_identity`: the split file's bytes) and CACHE_VERSION."""
     h = hashlib.sha256()
     params = {"version": CACHE_VERSION, "filter": images.RESIZE_FILTER, **dataset.cache_params()}
     h.update(json.dumps(params, sort_keys=True).encode())
     h.update(source.fingerprint(split_file).encode())
-    h.update(split_file.read_bytes())
+    h.update(dataset.split_identity(split, split_file))
     return h.hexdigest()[:16]
 
 
@@ -63,7 +64,8 @@ def read_cache(dataset: Dataset, split: str, key: str, root: Path) -> Optional[S
         return None
     try:
         d = torch.load(p, map_location="cpu", weights_only=True)
-        return SplitData(d["images"], d["labels"], list(d["class_names"]), dataset.name, split)
+        return SplitData(d["images"], d["labels"], list(d["class_names"]), dataset.name, split,
+                         ignored=list(d.get("ignored", [])))
     except Exception as e:  # a truncated or foreign file: rebuild it
         warnings.warn(f"ignoring unreadable cache {p}: {images.one_line(e)}", stacklevel=3)
         return None
@@ -88,7 +90,7 @@ def _dir_writable(d: Path) -> bool:
 def write_cache(data: SplitData, dataset: Dataset, split: str, key: str, root: Path) -> Optional[Path]:
     """Atomically write the cache into the first writable cache dir; warn and return None if none is."""
     payload = {"images": data.images, "labels": data.labels, "class_names": list(data.class_names),
-               "key": key, "version": CACHE_VERSION}
+               "ignored": list(data.ignored), "key": key, "version": CACHE_VERSION}
     for d in cache_dirs(root):
         if not _dir_writable(d):
             continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Dict, Iterable, Mapping, NoReturn, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence, Union
 
 from l2l_app.data import cache as split_cache
 from l2l_app.data.types import Dataset, PathLike, SplitData
@@ -25,10 +25,11 @@ from l2l_app.registry import DATASETS
 _ROT_RE = re.compile(r"/rot(\d{3})$")
 
 
-def load_split(dataset: str, split: str, data_root: Optional[PathLike] = None, cache: bool = True,
+def load_split(dataset: Union[str, Dataset], split: str, data_root: Optional[PathLike] = None, cache: bool = True,
                progress: bool = True, split_dir: Optional[PathLike] = None,
                skip_bad_images: bool = False) -> SplitData:
-    """Load one split of `dataset` (a name in `l2l_app.registry.DATASETS`) as uint8 tensors.
+    """Load one split of `dataset` (a name in `l2l_app.registry.DATASETS`, or a registered dataset
+    `configured` with a run's data settings) as tensors.
 
     `data_root`: folder with the data (None: the dataset's bundled copy, if it has one).
     `split_dir`: a folder with the split files to use instead (tests).  On a cache miss, every
@@ -43,12 +44,12 @@ def load_split(dataset: str, split: str, data_root: Optional[PathLike] = None, c
                        split_dir=split_dir, check=False, skip_bad_images=skip_bad_images)[split]
 
 
-def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root: Optional[PathLike] = None,
+def load_splits(dataset: Union[str, Dataset], splits: Optional[Sequence[str]] = None, data_root: Optional[PathLike] = None,
                 cache: bool = True, progress: bool = True, split_dir: Optional[PathLike] = None,
                 check: bool = True, skip_bad_images: bool = False) -> Dict[str, SplitData]:
     """Load several splits (default: all of the dataset's) in one pass; `check` asserts they are
     class-disjoint.  `skip_bad_images`: see `load_split`."""
-    spec = dataset_spec(dataset)
+    spec = dataset if isinstance(dataset, Dataset) else dataset_spec(dataset)
     splits = tuple(spec.splits if splits is None else splits)
     for s in splits:
         _check_split_name(spec, s)
@@ -60,7 +61,7 @@ def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root:
         if s not in split_files:
             raise DataError(f"split file for the {spec.name} {s} split not found: expected "
                             f"{spec.expected_split_file(s, source.root, split_dir)}; pass --data-root or add the file")
-    keys = {s: split_cache.cache_key(spec, source, split_files[s]) for s in splits}
+    keys = {s: split_cache.cache_key(spec, source, s, split_files[s]) for s in splits}
     out: Dict[str, SplitData] = {}
     if cache:
         for s in splits:
@@ -71,7 +72,7 @@ def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root:
     if missing:
         if cache:  # decode the archive once: also build the other splits that have no cache yet
             for s in wanted[len(splits):]:
-                keys[s] = split_cache.cache_key(spec, source, split_files[s])
+                keys[s] = split_cache.cache_key(spec, source, s, split_files[s])
                 if split_cache.read_cache_path(spec, s, keys[s], source.root) is None:
                     missing.append(s)
         try:
@@ -93,17 +94,32 @@ def load_splits(dataset: str, splits: Optional[Sequence[str]] = None, data_root:
     return result
 
 
-def check_disjoint(splits: Mapping[str, SplitData]) -> None:
-    """Raise DataError if two splits share a class.
+def list_classes(dataset: Dataset, data_root: Optional[PathLike] = None,
+                 split_dir: Optional[PathLike] = None) -> Optional[Dict[str, List[str]]]:
+    """split -> class names of every split whose listing is known without decoding
+    (`Dataset.class_lists`), checked class-disjoint; None when the dataset cannot tell."""
+    source = dataset.open(data_root)
+    lists = dataset.class_lists(source, dataset.split_files(source.root, split_dir))
+    if lists is not None:
+        check_disjoint(lists)
+    return lists
+
+
+def check_disjoint(splits: Mapping[str, Union[SplitData, Sequence[str]]]) -> None:
+    """Raise DataError if two splits (SplitData or lists of class names) share a class.
 
     Names are compared without a trailing '/rotDDD', so two rotations of one (Omniglot)
     character in different splits count as a shared class.
     """
     names = list(splits)
+
+    def bases(split: Union[SplitData, Sequence[str]]) -> set:
+        classes = split.class_names if isinstance(split, SplitData) else split
+        return {_ROT_RE.sub("", n) for n in classes}
+
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            base_a = {_ROT_RE.sub("", n) for n in splits[a].class_names}
-            base_b = {_ROT_RE.sub("", n) for n in splits[b].class_names}
+            base_a, base_b = bases(splits[a]), bases(splits[b])
             common = sorted(base_a & base_b)
             if common:
                 shown = ", ".join(common[:3]) + (f" and {len(common) - 3} more" if len(common) > 3 else "")

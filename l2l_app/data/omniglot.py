@@ -140,12 +140,11 @@ class Omniglot(Dataset):
               skip_bad_images: bool = False) -> Dict[str, SplitData]:
         """Decode each character the splits `files` name once (from its archive), then make each
         split's classes as rotations of those images."""
-        import numpy as np
 
         assert isinstance(source, OmniglotSource)
         lines = {s: read_omniglot_split(f) for s, f in files.items()}
         needed = self._needed_characters(source, lines, files)
-        base: Dict[Tuple[str, str], torch.Tensor] = {}  # (alphabet, char) -> uint8 [n, size, size]
+        base: Dict[Tuple[str, str], torch.Tensor] = {}  # (alphabet, char) -> uint8 [n, C, size, size]
         bad = images.BadImages(skip_bad_images)
         size = self.image_size
         total = sum(len(m) for _, m in needed.values())
@@ -158,12 +157,11 @@ class Omniglot(Dataset):
                         arrs = []
                         for m in members:
                             data = bad.attempt(reader.read, m)
-                            arr = None if data is None else bad.attempt(images.decode, data,
-                                                                        reader.describe(m), "L", size)
+                            arr = None if data is None else bad.attempt(images.decode, data, reader.describe(m),
+                                                                        self.mode, size, self.resize)
                             if arr is not None:
                                 arrs.append(arr)
-                        arr = np.stack(arrs) if arrs else np.zeros((0, size, size), dtype=np.uint8)
-                        base[key] = torch.from_numpy(255 - arr)  # invert: strokes 255, background 0
+                        base[key] = 255 - images.to_chw(arrs, self.mode, size)  # invert: strokes 255, background 0
                         bar.advance(len(members))
         out = {}
         for s, entries in lines.items():

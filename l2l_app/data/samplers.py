@@ -8,7 +8,8 @@
 * `TensorTaskSource`: the whole split as one uint8 tensor on the device; a meta-batch is a few
   tensor ops driven by a `torch.Generator` on that device.
 
-Both return images as float32 in [0, 1] (uint8 / 255), support ordered by class (class 0's
+Both return model inputs as float32 (pixels / 255 in [0, 1], standardised when the run's
+`Preprocessing` normalises; feature vectors as they are or standardised), support ordered by class (class 0's
 `shots` images, then class 1's, ...), query likewise with `queries`, labels 0..ways-1.
 `sample_with_indices` also returns the source indices (into `split.images`) of every image.
 """
@@ -17,10 +18,11 @@ from __future__ import annotations
 import difflib
 import random
 import warnings
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from l2l_app.data.preprocess import Preprocessing, input_function
 from l2l_app.data.types import EpisodeBatch, SplitData, TaskSource
 from l2l_app.errors import ConfigError
 
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from learn2learn.data import MetaDataset
 
 KINDS = ("l2l", "tensor")
+InputFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
 EPISODE_FLAGS = ("--ways", "--shots", "--queries")
@@ -67,34 +70,23 @@ def _episode_labels(ways: int, per_class: int, num_tasks: int, device) -> torch.
     return torch.arange(ways, device=device).repeat_interleave(per_class).expand(num_tasks, -1).contiguous()
 
 
-_PIXEL_TABLES: Dict[torch.device, torch.Tensor] = {}
-
-
-def _pixel_table(device: torch.device) -> torch.Tensor:
-    """float32 [256]: v / 255 computed on the CPU, so every device gives bit-identical pixels
-    (CUDA's division by a scalar multiplies by a reciprocal and can differ in the last bit)."""
-    if device not in _PIXEL_TABLES:
-        _PIXEL_TABLES[device] = (torch.arange(256, dtype=torch.float32) / 255.0).to(device)
-    return _PIXEL_TABLES[device]
-
-
 def _batch_from_indices(images: torch.Tensor, support_idx: torch.Tensor, query_idx: torch.Tensor,
-                        ways: int, shots: int, queries: int) -> EpisodeBatch:
-    """Gather uint8 `images` [N, C, H, W] at [B, ways*shots] / [B, ways*queries] indices into an EpisodeBatch."""
+                        ways: int, shots: int, queries: int, to_input: InputFunction) -> EpisodeBatch:
+    """Gather `images` (uint8 [N, C, H, W] or float32 [N, D]) at [B, ways*shots] / [B, ways*queries]
+    indices into an EpisodeBatch of model inputs (`to_input`)."""
     b = support_idx.shape[0]
     shape = images.shape[1:]
     dev = images.device
-    lut = _pixel_table(dev)
-    sx = lut[images[support_idx.reshape(-1)].long()].reshape(b, ways * shots, *shape)
-    qx = lut[images[query_idx.reshape(-1)].long()].reshape(b, ways * queries, *shape)
+    sx = to_input(images[support_idx.reshape(-1)]).reshape(b, ways * shots, *shape)
+    qx = to_input(images[query_idx.reshape(-1)]).reshape(b, ways * queries, *shape)
     return EpisodeBatch(sx, _episode_labels(ways, shots, b, dev), qx, _episode_labels(ways, queries, b, dev),
                         ways, shots, queries)
 
 
-
-def build_metadataset(split: SplitData, with_index: bool = False) -> "MetaDataset":
-    """A `learn2learn.data.MetaDataset` over `split`: items (float image [C, H, W] in [0, 1], label)
-    or, with `with_index`, (image, label, index).  The label maps are passed in, so construction
+def build_metadataset(split: SplitData, with_index: bool = False,
+                      preprocessing: Optional[Preprocessing] = None) -> "MetaDataset":
+    """A `learn2learn.data.MetaDataset` over `split`: items (model input [C, H, W] or [D], label)
+    or, with `with_index`, (input, label, index).  The label maps are passed in, so construction
     does not iterate over the images."""
     import learn2learn as l2l
 
@@ -103,21 +95,22 @@ def build_metadataset(split: SplitData, with_index: bool = False) -> "MetaDatase
     for i, c in enumerate(labels):
         labels_to_indices[c].append(i)
     indices_to_labels = dict(enumerate(labels))
-    return l2l.data.MetaDataset(_SplitDataset(split, with_index), labels_to_indices=labels_to_indices,
+    return l2l.data.MetaDataset(_SplitDataset(split, with_index, preprocessing), labels_to_indices=labels_to_indices,
                                 indices_to_labels=indices_to_labels)
 
 
 class _SplitDataset(torch.utils.data.Dataset):
-    """`split` as a torch Dataset of (float image [C, H, W] in [0, 1], label[, index])."""
+    """`split` as a torch Dataset of (model input [C, H, W] or [D], label[, index])."""
 
-    def __init__(self, split: SplitData, with_index: bool) -> None:
+    def __init__(self, split: SplitData, with_index: bool, preprocessing: Optional[Preprocessing] = None) -> None:
         self.images, self.labels, self.with_index = split.images, split.labels, with_index
+        self.to_input = input_function(preprocessing, "cpu")
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
     def __getitem__(self, i: int) -> Union[Tuple[torch.Tensor, int], Tuple[torch.Tensor, int, int]]:
-        x = self.images[i].float().div_(255.0)
+        x = self.to_input(self.images[i])
         y = int(self.labels[i])
         return (x, y, i) if self.with_index else (x, y)
 
@@ -131,13 +124,15 @@ class L2LTaskSource:
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> None:
+                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS,
+                 preprocessing: Optional[Preprocessing] = None) -> None:
         import learn2learn as l2l
 
         validate_episode_shape(split, ways, shots, queries, flags)
         self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
         self.device = torch.device(device)
-        self.metadataset = build_metadataset(split, with_index=True)
+        self.to_input = input_function(preprocessing, "cpu")
+        self.metadataset = build_metadataset(split, with_index=True, preprocessing=preprocessing)
         t = l2l.data.transforms
         transforms = [t.NWays(self.metadataset, ways), t.KShots(self.metadataset, shots + queries),
                       t.LoadData(self.metadataset), t.RemapLabels(self.metadataset)]
@@ -171,9 +166,10 @@ class L2LTaskSource:
         parts = [self._one_task() for _ in range(num_tasks)]
         support_idx = torch.stack([p[0] for p in parts])
         query_idx = torch.stack([p[1] for p in parts])
-        # The loaded images (LoadData) equal split.images[idx] / 255; gathering them at once is cheaper
-        # than stacking per-task float copies, and keeps the batch on `device`.
-        batch = _batch_from_indices(self.split.images, support_idx, query_idx, self.ways, self.shots, self.queries)
+        # The loaded images (LoadData) equal to_input(split.images[idx]); gathering them at once is
+        # cheaper than stacking per-task float copies, and keeps the batch on `device`.
+        batch = _batch_from_indices(self.split.images, support_idx, query_idx, self.ways, self.shots, self.queries,
+                                    self.to_input)
         return batch.to(self.device), support_idx, query_idx
 
     def sample(self, num_tasks: int) -> EpisodeBatch:
@@ -197,10 +193,12 @@ class TensorTaskSource:
     """
 
     def __init__(self, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> None:
+                 device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS,
+                 preprocessing: Optional[Preprocessing] = None) -> None:
         validate_episode_shape(split, ways, shots, queries, flags)
         self.split, self.ways, self.shots, self.queries = split, ways, shots, queries
         self.device = torch.device(device)
+        self.to_input = input_function(preprocessing, self.device)
         self.images = split.images.to(self.device)
         table, counts = split.index_table()
         self.table = table.to(self.device)
@@ -225,7 +223,8 @@ class TensorTaskSource:
 
     def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
         support_idx, query_idx = self.sample_indices(num_tasks)
-        batch = _batch_from_indices(self.images, support_idx, query_idx, self.ways, self.shots, self.queries)
+        batch = _batch_from_indices(self.images, support_idx, query_idx, self.ways, self.shots, self.queries,
+                                    self.to_input)
         return batch, support_idx, query_idx
 
     def sample(self, num_tasks: int) -> EpisodeBatch:
@@ -239,12 +238,14 @@ class TensorTaskSource:
 
 
 def build_task_source(kind: str, split: SplitData, ways: int, shots: int, queries: int, seed: int,
-                      device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS) -> TaskSource:
-    """'l2l' -> L2LTaskSource, 'tensor' -> TensorTaskSource."""
+                      device: torch.device | str = "cpu", flags: Tuple[str, str, str] = EPISODE_FLAGS,
+                      preprocessing: Optional[Preprocessing] = None) -> TaskSource:
+    """'l2l' -> L2LTaskSource, 'tensor' -> TensorTaskSource; inputs prepared by `preprocessing`
+    (None: pixels / 255)."""
     if kind == "l2l":
-        return L2LTaskSource(split, ways, shots, queries, seed, device, flags)
+        return L2LTaskSource(split, ways, shots, queries, seed, device, flags, preprocessing)
     if kind == "tensor":
-        return TensorTaskSource(split, ways, shots, queries, seed, device, flags)
+        return TensorTaskSource(split, ways, shots, queries, seed, device, flags, preprocessing)
     close = difflib.get_close_matches(str(kind), KINDS, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ConfigError(f"unknown task source {kind!r}{hint}; valid: {', '.join(KINDS)}; "

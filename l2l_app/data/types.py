@@ -12,6 +12,7 @@ A leaf module (torch, the standard library and `l2l_app.errors` only):
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
@@ -33,9 +34,12 @@ SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
 class SplitData:
     """One split as tensors.
 
-    images: uint8 [N, C, H, W]; labels: int64 [N] in 0..num_classes-1, grouped (non-decreasing);
-    class_names[c] names class c.  `dataset` / `split` only serve messages.  `skipped` lists the
-    unreadable images left out when loaded with ``skip_bad_images`` ("path: reason").
+    images: uint8 [N, C, H, W] (image datasets) or float32 [N, D] (feature vectors, `--dataset
+    features`); labels: int64 [N] in 0..num_classes-1, grouped (non-decreasing); class_names[c]
+    names class c.  `dataset` / `split` only serve messages.  `skipped` lists the unreadable
+    images left out when loaded with ``skip_bad_images`` ("path: reason"); `ignored` the files
+    that were not images at all (hidden files, text files; class-folder datasets), counted by
+    `l2l-app data check`.
     """
 
     images: torch.Tensor
@@ -44,18 +48,23 @@ class SplitData:
     dataset: str = ""
     split: str = ""
     skipped: List[str] = field(default_factory=list)  # images left out by skip_bad_images (file: reason)
+    ignored: List[str] = field(default_factory=list)  # files that are not images (relative paths)
 
     def __post_init__(self) -> None:
-        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
+        is_image = self.images.dim() == 4 and self.images.dtype == torch.uint8
+        is_vector = self.images.dim() == 2 and self.images.dtype == torch.float32
+        if not (is_image or is_vector):
+            raise ValueError(f"images must be uint8 [N, C, H, W] or float32 [N, D], got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be [N={self.images.shape[0]}], got {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
 
     @classmethod
     def from_classes(cls, images: Sequence[torch.Tensor], names: Sequence[str], dataset: str, split: str,
-                     split_file: Path, skipped: Sequence[str] = ()) -> "SplitData":
-        """Per-class uint8 images (`images[c]`: [n_c, H, W] or [n_c, C, H, W], class `names[c]`) -> a
+                     split_file: Path, skipped: Sequence[str] = (), ignored: Sequence[str] = ()) -> "SplitData":
+        """Per-class uint8 images (`images[c]`: [n_c, H, W] or [n_c, C, H, W], class `names[c]`; or
+        float32 vectors [n_c, D]) -> a
         SplitData with labels 0..len(names)-1 in that order; DataError (naming `split_file`) when the
         split has fewer than 2 classes or a class has fewer than 2 images."""
         if len(names) < 2:
@@ -70,7 +79,16 @@ class SplitData:
         if stacked.dim() == 3:
             stacked = stacked.unsqueeze(1)
         labels = torch.cat([torch.full((x.shape[0],), c, dtype=torch.long) for c, x in enumerate(images)])
-        return cls(stacked.contiguous(), labels, list(names), dataset, split, list(skipped))
+        return cls(stacked.contiguous(), labels, list(names), dataset, split, list(skipped), list(ignored))
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        """The shape of one item: (C, H, W) for images, (D,) for feature vectors."""
+        return tuple(self.images.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return self.images.dtype == torch.uint8
 
     @property
     def num_classes(self) -> int:
@@ -117,8 +135,9 @@ class SplitData:
 class EpisodeBatch:
     """A meta-batch of B few-shot episodes, each `ways`-way `shots`-shot with `queries` queries per class.
 
-    Shapes:
-        support_x: [B, ways*shots, C, H, W] float in [0, 1]
+    Shapes (feature vectors: [D] in place of C, H, W):
+        support_x: [B, ways*shots, C, H, W] float32: pixels in [0, 1], or standardised with the
+                   run's statistics (`l2l_app.data.preprocess`)
         support_y: [B, ways*shots] long, labels in 0..ways-1
         query_x:   [B, ways*queries, C, H, W]
         query_y:   [B, ways*queries]
@@ -202,14 +221,50 @@ class Source(abc.ABC):
         """A string that changes whenever the raw data the split `split_file` uses changes (cache key input)."""
 
 
+#: the data settings (`DataConfig` fields) a dataset may accept beyond the common ones
+#: (dataset, data_root, sampler, skip_bad_images), with the flag that sets each
+DATA_OPTIONS: Dict[str, str] = {
+    "image_size": "--image-size", "channels": "--channels", "resize": "--resize", "normalize": "--normalize",
+    "split_file": "--split-file", "split_seed": "--split-seed", "split_ratios": "--split-ratios",
+    "label_column": "--label-column",
+}
+#: --resize: how an image becomes image_size x image_size
+RESIZE_POLICIES = ("stretch", "crop")
+
+
+def parse_split_ratios(text: str) -> Tuple[float, float, float]:
+    """'0.64,0.16,0.2' -> (0.64, 0.16, 0.2): the train/val/test fractions of the classes of a seeded
+    split; ValueError (its message says what to write) unless three positive numbers summing to 1."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError("expected three numbers separated by commas (train,val,test), e.g. 0.64,0.16,0.2") from None
+    if len(values) != 3:
+        raise ValueError(f"expected three fractions (train,val,test), got {len(values)}; e.g. 0.64,0.16,0.2")
+    if any(not v > 0 for v in values):
+        raise ValueError("every fraction must be above 0 (each split needs classes); e.g. 0.64,0.16,0.2")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise ValueError(f"the fractions sum to {sum(values):g}, not 1; e.g. 0.64,0.16,0.2")
+    return values  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class Dataset(abc.ABC):
     """One dataset: its static facts and how its raw data becomes `SplitData`.
 
     Facts: `name` (the --dataset value), `in_channels` and `image_size` (the side of the square
-    images after preprocessing), `default_root` (the bundled copy; None: none), `splits` (names).
-    Split files are `{split}.{split_suffix}`, looked for in the data root and then in
-    `packaged_splits` (None: nothing packaged); `root_hint` says what a data root holds, for messages.
+    images after preprocessing; for feature vectors `in_channels` is 0 until the data is read and
+    `image_size` 0), `default_root` (the bundled copy; None: none), `splits` (names).  Split files
+    are `{split}.{split_suffix}`, looked for in the data root and then in `packaged_splits` (None:
+    nothing packaged); `root_hint` says what a data root holds, for messages.
+
+    Preprocessing: `resize` (a RESIZE_POLICIES entry: 'stretch' squashes to image_size x
+    image_size, 'crop' scales the shorter side to image_size and takes the centre square) and
+    `normalize` (standardise inputs with the train split's per-channel mean and std, computed by
+    `l2l_app.data.preprocess`).  `options` lists the DATA_OPTIONS a run may set for this dataset;
+    `configured(data)` returns the dataset with a run's values applied (`l2l_app.config.DataConfig`),
+    and every other field of a dataclass subclass (split seed, ratios...) may be set the same way.
     """
 
     name: str
@@ -220,10 +275,45 @@ class Dataset(abc.ABC):
     split_suffix: str = "txt"
     packaged_splits: Optional[Path] = None
     root_hint: str = "the folder that holds the data"
+    resize: str = "stretch"
+    normalize: bool = False
+    options: Tuple[str, ...] = ("image_size", "channels", "resize", "normalize")
+    #: 'image' (uint8 [N, C, H, W]) or 'features' (float32 [N, D])
+    kind: str = "image"
+
+    @property
+    def mode(self) -> str:
+        """The PIL mode images are decoded to: 'L' (1 channel) or 'RGB' (3)."""
+        return "L" if self.in_channels == 1 else "RGB"
+
+    def configured(self, data: Any) -> "Dataset":
+        """This dataset with the values a run's `DataConfig` sets (None: keep the dataset's own).
+
+        Only `options` are read; `channels` sets `in_channels`.  Raises nothing: config validation
+        refuses options a dataset does not take before this is called.
+        """
+        changes: Dict[str, Any] = {}
+        for name in self.options:
+            value = getattr(data, name, None)
+            if value is None:
+                continue
+            changes["in_channels" if name == "channels" else name] = value
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def split_identity(self, split: str, split_file: Path) -> bytes:
+        """What the cache key hashes for `split`'s class listing: the split file's bytes (a dataset
+        whose listing is derived, like a seeded split of class folders, returns that listing)."""
+        return split_file.read_bytes()
+
+    def class_lists(self, source: "Source", files: Dict[str, Path]) -> Optional[Dict[str, List[str]]]:
+        """split -> class names, without decoding (None: only known after decoding); the trainer
+        writes them into the run (splits.json) so a derived split is reproducible."""
+        return None
 
     @abc.abstractmethod
     def open(self, data_root: Optional[PathLike]) -> Source:
         """The checked source under `data_root` (None: `default_root`), or DataError saying what is wrong."""
+
 
     @abc.abstractmethod
     def build(self, source: Source, files: Dict[str, Path], progress: bool,
@@ -236,9 +326,13 @@ class Dataset(abc.ABC):
 
     def cache_params(self) -> Dict[str, Any]:
         """The preprocessing facts of this dataset that the cache key hashes (every dataset gives
-        every key, so two datasets never share a key)."""
-        return {"dataset": self.name, "image_size": self.image_size, "channels": self.in_channels,
-                "rotations": False, "invert": False}
+        every key, so two datasets never share a key; 'resize' only when not the historical
+        'stretch', so existing caches keep their keys)."""
+        params = {"dataset": self.name, "image_size": self.image_size, "channels": self.in_channels,
+                  "rotations": False, "invert": False}
+        if self.resize != "stretch":
+            params["resize"] = self.resize
+        return params
 
     def split_file_candidates(self, split: str, root: Path, split_dir: Optional[PathLike]) -> List[Path]:
         """Where `split`'s file may be, in order: `split_dir` alone if given, else the data root's
