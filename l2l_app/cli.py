@@ -454,6 +454,13 @@ def bench(out, impls, sweeps, algo, **settings) -> None:
     click.echo(f"written to {Path(out) / 'bench.json'} and {Path(out) / 'bench.md'}")
 
 
+# ---- anchor: data check command (l2l_app/datacheck.py) ----
+
+# ---- anchor: predict command (l2l_app/predict.py) ----
+
+# ---- anchor: export command (l2l_app/export.py) ----
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for report.md/.html and PNGs")

@@ -490,6 +490,10 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     if not errors:
         errors.extend(config.algorithm.problems())
     errors.extend(component_option_problems(config, {}))
+    backbone = BACKBONES.get(config.model.backbone)
+    if backbone is not None and backbone.problems is not None:
+        model = _resolved_model(config.model)
+        errors.extend(backbone.problems({n: getattr(model, n) for n in backbone.options}))
     if config.data.channels is not None and config.data.channels not in (1, 3):
         errors.append(f"--channels {config.data.channels} must be 1 (grey) or 3 (RGB)")
     if config.data.split_ratios is not None:

@@ -7,7 +7,8 @@ works everywhere at once.  Nothing here names an algorithm: what differs is read
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -15,7 +16,7 @@ from torch import nn
 from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
 from .config import MODEL_OPTIONS, ExperimentConfig, missing_engine, resolve, validate
-from .data import Dataset, Preprocessing, SplitData, TaskSource, build_task_source, load_split
+from .data import Dataset, PathLike, Preprocessing, SplitData, TaskSource, build_task_source, load_split
 from .engine import choose_chunk_size
 from .errors import ConfigError
 from .learner import MetaLearner, Optimizers
@@ -131,6 +132,34 @@ class Experiment:
         learner = build_learner(config, model, chosen, config.run.chunk_size)
         return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner,
                    preprocessing)
+
+    @classmethod
+    def from_run(cls, run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None,
+                 engine: Optional[str] = None, config: Optional[ExperimentConfig] = None,
+                 sampler: Optional[str] = "l2l") -> Tuple["Experiment", Dict[str, Any]]:
+        """A trained run rebuilt: its config (or `config`, e.g. with another episode shape), its saved
+        preprocessing, and the learner loaded from checkpoints/<checkpoint>.pt.
+
+        Returns (experiment, info) with info = {'step', 'checkpoint', 'checkpoint_path',
+        'checkpoint_sha256'}.  One-line errors for a missing run, checkpoint or file.
+        """
+        from .checkpoint import learner_state, load_checkpoint
+        from .fileio import file_sha256
+        from .rundir import checkpoint_path, load_config, load_preprocessing
+
+        if checkpoint not in ("best", "last"):
+            raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
+        run_dir = Path(run_dir)
+        trained = load_config(run_dir)
+        preprocessing = load_preprocessing(run_dir, trained)
+        x = cls.build(config if config is not None else trained, device=device, engine=engine, sampler=sampler,
+                      preprocessing=preprocessing)
+        path = checkpoint_path(run_dir, checkpoint)
+        digest = file_sha256(path) if path.is_file() else None
+        state = load_checkpoint(path, map_location=x.device)
+        x.learner.load_state_dict(learner_state(state))
+        return x, {"step": int(state["step"]), "checkpoint": checkpoint, "checkpoint_path": path,
+                   "checkpoint_sha256": digest}
 
     @property
     def dataset(self) -> Dataset:

@@ -30,7 +30,7 @@ from .evaluation import EvalResult, evaluate
 from .data import Preprocessing, list_classes
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
 from .progress import Progress
-from .fileio import file_sha256, read_json, write_json
+from .fileio import read_json, write_json
 from .registry import DATASETS
 from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, PREPROCESSING_FILE, RUN_INFO_FILE, SPLITS_FILE,
                      TENSORBOARD_DIR, RunDirectory, check_run_target, checkpoint_path, eval_file_name,
@@ -462,19 +462,15 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     other = dataset is not None or data_root is not None
     base = cross_domain_config(trained, preprocessing, dataset, data_root) if other else trained
     config = validate(with_overrides(base, shape))
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} must be one of {', '.join(SPLITS)}")
     episodes = config.eval.episodes if episodes is None else episodes
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
-    x = Experiment.build(config, device=device, engine=engine, sampler="l2l", preprocessing=preprocessing)
-    ckpt_path = checkpoint_path(run_dir, checkpoint)
-    digest = file_sha256(ckpt_path) if ckpt_path.is_file() else None
-    state = load_checkpoint(ckpt_path, map_location=x.device)
-    x.learner.load_state_dict(learner_state(state))
+    x, loaded = Experiment.from_run(run_dir, checkpoint, device=device, engine=engine, config=config)
+    state = {"step": loaded["step"]}
+    digest = loaded["checkpoint_sha256"]
     data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
     protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {state['step']})")

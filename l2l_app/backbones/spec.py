@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -25,6 +25,8 @@ class BackboneSpec:
     options: Tuple[str, ...] = ()
     #: the default of each option (what `l2l_app.config.resolve` records)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: problems(options) -> messages naming the flag, for option values it cannot build (config validation)
+    problems: Optional[Callable[[Mapping[str, Any]], List[str]]] = None
 
     def accepts(self, input_shape: Tuple[int, ...]) -> bool:
         return self.inputs == "any" or len(input_shape) == 3
