@@ -174,18 +174,24 @@ def decode(data: bytes, where: str, mode: str, size: int, resize: str = "stretch
     `resize`: 'stretch' resizes to size x size; 'crop' scales the shorter side to `size` and
     keeps the centre square (no distortion).  An image already size x size is not resampled.
     """
-    import numpy as np
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = _to_mode(img, mode)
-            if img.size != (size, size):
-                img = _resize(img, size, resize)
-            return np.asarray(img, dtype=np.uint8)
+            return prepare(img, mode, size, resize)
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt files
         raise DataError(f"cannot decode image {where}: {one_line(e)}; the file is corrupt, restore it, "
                         "re-extract the dataset or pass --skip-bad-images") from None
+
+
+def prepare(img: Any, mode: str, size: int, resize: str = "stretch") -> "np.ndarray":
+    """A PIL image of any mode -> uint8 array [size, size] ('L') or [size, size, 3] ('RGB'), as `decode`."""
+    import numpy as np
+
+    img = _to_mode(img, mode)
+    if img.size != (size, size):
+        img = _resize(img, size, resize)
+    return np.asarray(img, dtype=np.uint8)
 
 
 def _resize(img, size: int, policy: str):

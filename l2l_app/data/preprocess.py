@@ -14,12 +14,14 @@ mapping is a lookup table computed on the CPU, so every device gives bit-identic
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
 from l2l_app.data.types import Dataset, SplitData
+from l2l_app.errors import DataError
 
 #: std below this is treated as 1 (a constant channel or feature carries no scale)
 MIN_STD = 1e-6
@@ -31,7 +33,8 @@ class Preprocessing:
 
     dataset: the dataset trained on; kind: 'image' or 'features'; channels: image channels (1 or 3)
     or the feature dimension D; image_size: the square side (0 for features); resize: 'stretch' or
-    'crop'; mean / std: per channel (images, in [0, 1] units) or per feature, None = not normalised.
+    'crop'; mean / std: per channel (images, in [0, 1] units) or per feature, None = not normalised;
+    invert: pixels are stored as 255 - v (Omniglot: strokes 255 on a 0 background).
     """
 
     dataset: str
@@ -41,23 +44,26 @@ class Preprocessing:
     resize: str
     mean: Optional[Tuple[float, ...]] = None
     std: Optional[Tuple[float, ...]] = None
+    invert: bool = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def for_run(cls, dataset: Dataset, train: SplitData) -> "Preprocessing":
         """The preprocessing of a run on `dataset` (already `configured`), normalised with `train`'s
         statistics when the dataset's `normalize` is on.  Features take D from the data."""
-        channels = train.input_shape[0] if dataset.kind == "features" else dataset.in_channels
-        base = cls(dataset.name, dataset.kind, int(channels), int(dataset.image_size), dataset.resize)
+        base = cls.unnormalised(dataset)
+        if dataset.kind == "features":
+            base = replace(base, channels=int(train.input_shape[0]))
         if not dataset.normalize:
             return base
         mean, std = channel_stats(train)
-        return cls(base.dataset, base.kind, base.channels, base.image_size, base.resize, mean, std)
+        return replace(base, mean=mean, std=std)
 
     @classmethod
     def unnormalised(cls, dataset: Dataset) -> "Preprocessing":
         """What a run without a saved preprocessing.json used: the dataset's decoding, pixels / 255."""
-        return cls(dataset.name, dataset.kind, dataset.in_channels, dataset.image_size, dataset.resize)
+        return cls(dataset.name, dataset.kind, int(dataset.in_channels), int(dataset.image_size), dataset.resize,
+                   invert=bool(dataset.cache_params().get("invert", False)))
 
     def to_dict(self) -> Dict[str, Any]:
         out = asdict(self)
@@ -70,7 +76,7 @@ class Preprocessing:
     def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
         return cls(str(d["dataset"]), str(d["kind"]), int(d["channels"]), int(d["image_size"]), str(d["resize"]),
                    None if d.get("mean") is None else tuple(float(v) for v in d["mean"]),
-                   None if d.get("std") is None else tuple(float(v) for v in d["std"]))
+                   None if d.get("std") is None else tuple(float(v) for v in d["std"]), bool(d.get("invert", False)))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -95,7 +101,7 @@ class Preprocessing:
             what = f"feature vectors of {self.channels} numbers"
         else:
             what = (f"{'grey' if self.channels == 1 else 'RGB'} {self.image_size}x{self.image_size} images "
-                    f"({self.resize}), pixels / 255")
+                    f"({self.resize}{', inverted' if self.invert else ''}), pixels / 255")
         return what + (", standardised with the train split's mean and std" if self.normalised else "")
 
     def dataset_settings(self) -> Dict[str, Any]:
@@ -103,6 +109,32 @@ class Preprocessing:
         if self.kind == "features":
             return {}
         return {"image_size": self.image_size, "channels": self.channels, "resize": self.resize}
+
+    # ------------------------------------------------------------------ new images
+    def image_pixels(self, image: Any) -> torch.Tensor:
+        """One new image as the run stores its training images: uint8 [C, S, S].
+
+        `image`: a path, raw bytes, or a PIL image of any mode and size; decoded to the run's
+        channels and size with its resize policy (and inverted when the run's data was).
+        Unreadable files raise DataError naming them.
+        """
+        from l2l_app.data import images
+
+        if self.kind != "image":
+            raise ValueError("image_pixels: this run was trained on feature vectors, not images")
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            try:
+                data = path.read_bytes()
+            except OSError as e:
+                raise DataError(f"cannot read image {path}: {e.strerror or e}; check the path") from None
+            arr = images.decode(data, str(path), self.mode, self.image_size, self.resize)
+        elif isinstance(image, (bytes, bytearray)):
+            arr = images.decode(bytes(image), "<bytes>", self.mode, self.image_size, self.resize)
+        else:
+            arr = images.prepare(image, self.mode, self.image_size, self.resize)
+        pixels = images.to_chw([arr], self.mode, self.image_size)[0]
+        return 255 - pixels if self.invert else pixels
 
     # ------------------------------------------------------------------ model input
     def pixel_table(self, device: torch.device | str = "cpu") -> torch.Tensor:
