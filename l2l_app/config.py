@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import algorithms as _algorithms, backbones as _backbones, data as _data  # noqa: F401  (they register)
-from .data.types import DATA_OPTIONS, RESIZE_POLICIES, parse_split_ratios
+from .data.types import DATA_OPTIONS, RESIZE_POLICIES, VECTORS, parse_split_ratios
 from .errors import ConfigError
 from .learner import AlgorithmSettings, AlgorithmSpec
 from .registry import ALGORITHMS, BACKBONES, DATASETS
@@ -417,7 +417,7 @@ def _resolved_data(data: DataConfig) -> DataConfig:
             values[name] = None
         elif getattr(data, name) is None:
             values[name] = getattr(dataset, "in_channels" if name == "channels" else name, None)
-    if dataset.kind == "features":
+    if dataset.kind == VECTORS:
         values["channels"] = None  # the vectors' length is read from the data
         values["image_size"] = None
     return dataclasses.replace(data, **values)
@@ -513,6 +513,14 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     return config
 
 
+def train_shape_flags(config: ExperimentConfig) -> Tuple[str, str, str]:
+    """The flags that set the training episode shape, for messages: --train-X where it was given
+    and differs from --X, else --X."""
+    t = config.task
+    return tuple(f"--train-{n}" if getattr(t, f"train_{n}") not in (None, getattr(t, n)) else f"--{n}"
+                 for n in ("ways", "shots", "queries"))  # type: ignore[return-value]
+
+
 def component_option_problems(config: ExperimentConfig, given: Mapping[str, str]) -> List[str]:
     """Data settings the chosen dataset does not take, and model settings the chosen backbone does
     not take, that are set (in `given`, or with a non-None value in `config`).  One message per component."""
@@ -572,6 +580,10 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
         problems.append(f"{given['max_memory']} only picks the chunk size, which {given['chunk_size']} fixes; "
                         f"drop one of them")
     problems.extend(component_option_problems(config, given))
+    backbone = BACKBONES.get(config.model.backbone)
+    if "hidden" in given and backbone is not None and not backbone.uses_hidden:
+        problems.append(f"{given['hidden']} does not apply to --backbone {config.model.backbone} (its layer sizes "
+                        f"come from {listing([flag(n) for n in backbone.options], 'and')}); drop it")
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -17,6 +17,7 @@ from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
 from .config import MODEL_OPTIONS, ExperimentConfig, missing_engine, resolve, validate
 from .data import Dataset, PathLike, Preprocessing, SplitData, TaskSource, build_task_source, load_split
+from .data.types import IMAGES
 from .engine import choose_chunk_size
 from .errors import ConfigError
 from .learner import MetaLearner, Optimizers
@@ -121,7 +122,7 @@ class Experiment:
         config = resolve(validate(config))
         dataset = configured_dataset(config)
         if preprocessing is None:
-            if dataset.kind != "image":
+            if dataset.kind != IMAGES:
                 raise ConfigError(f"--dataset {dataset.name}: the input size is read from the data; build "
                                   f"with Preprocessing.for_run(dataset, train split)")
             preprocessing = Preprocessing.unnormalised(dataset)

@@ -22,11 +22,12 @@ import torch
 
 from . import runtime
 from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
-from .config import SPLITS, ExperimentConfig, resolve, validate, with_overrides
-from .data.types import DATA_OPTIONS
+from .config import SPLITS, ExperimentConfig, resolve, train_shape_flags, validate, with_overrides
+from .data.types import DATA_OPTIONS, VECTORS
 from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
 from .evaluation import EvalResult, evaluate
+from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
 from .progress import Progress
@@ -159,7 +160,7 @@ class Trainer:
         self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
         self.model, self.learner = x.model, x.learner
 
-        self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=self._train_flags())
+        self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=train_shape_flags(c))
         # Build once to validate the evaluation episode shape against the validation split.
         self._val_source()
         x.fit_chunk_size(self.train_split)
@@ -197,12 +198,6 @@ class Trainer:
             raise
 
     # ---- pieces -------------------------------------------------------------
-    def _train_flags(self) -> tuple[str, str, str]:
-        """The options that set the training episode shape, for error messages."""
-        t = self.config.task
-        given = {n: getattr(t, f"train_{n}") not in (None, getattr(t, n)) for n in ("ways", "shots", "queries")}
-        return tuple(f"--train-{n}" if given[n] else f"--{n}" for n in ("ways", "shots", "queries"))  # type: ignore
-
     def _val_source(self):
         return self.experiment.task_source(self.val_split, self.experiment.eval_shape, self.config.eval.eval_seed)
 
@@ -479,6 +474,8 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
                                    episodes, seed, label)
     protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
                     checkpoint_sha256=digest, file=out.name, preprocessing=preprocessing.describe())
+    if not has_batch_norm(x.model):
+        protocol["batchnorm"] = "none (the backbone has no batch norm)"
     if other:
         protocol["cross_domain"] = {"trained_on": trained.data.dataset, "dataset": config.data.dataset,
                                     "data_root": config.data.data_root}
@@ -496,7 +493,7 @@ def cross_domain_config(trained: ExperimentConfig, preprocessing: Preprocessing,
     if other is None:
         raise DATASETS.unknown(str(dataset))
     if other.kind != preprocessing.kind:
-        raise ConfigError(f"--dataset {other.name} holds {'feature vectors' if other.kind == 'features' else 'images'}"
+        raise ConfigError(f"--dataset {other.name} holds {'feature vectors' if other.kind == VECTORS else 'images'}"
                           f", but this run was trained on {preprocessing.describe()}; evaluate on a dataset of the "
                           f"same kind")
     values: Dict[str, Any] = {n: None for n in DATA_OPTIONS}

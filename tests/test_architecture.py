@@ -66,7 +66,8 @@ def _files_outside(owned: Set[Path]) -> Iterator[Path]:
 @pytest.mark.parametrize("kind,names,owned", [
     ("algorithm", set(ALGORITHMS.names()) | set(ALGO_ALIASES),
      set((PACKAGE / "algorithms").rglob("*.py"))),
-    ("dataset", set(DATASETS.names()), {PACKAGE / "data" / f"{n}.py" for n in DATASETS.names()}),
+    ("dataset", set(DATASETS.names()),
+     {PACKAGE / "data" / f"{type(spec).__module__.rsplit('.', 1)[-1]}.py" for _, spec in DATASETS.items()}),
     ("backbone", set(BACKBONES.names()), set((PACKAGE / "backbones").rglob("*.py"))),
 ])
 def test_nothing_outside_a_plugin_branches_on_its_name(kind, names, owned):

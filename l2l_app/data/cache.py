@@ -38,9 +38,11 @@ def cache_key(dataset: Dataset, source: Source, split: str, split_file: Path) ->
 
 
 def cache_dirs(root: Path) -> List[Path]:
-    """Where caches are looked for, in order: `<root>/.cache`, then $L2L_APP_CACHE_DIR or ~/.cache/l2l_app."""
+    """Where caches are looked for, in order: `<root>/.cache` (beside the file when the data root is
+    one file, e.g. a features table), then $L2L_APP_CACHE_DIR or ~/.cache/l2l_app."""
     fallback = os.environ.get("L2L_APP_CACHE_DIR")
-    return [root / ".cache", Path(fallback).expanduser() if fallback else Path.home() / ".cache" / "l2l_app"]
+    own = root.parent / ".cache" if root.is_file() else root / ".cache"
+    return [own, Path(fallback).expanduser() if fallback else Path.home() / ".cache" / "l2l_app"]
 
 
 def cache_name(dataset: Dataset, split: str, key: str) -> str:

@@ -32,6 +32,39 @@ if TYPE_CHECKING:
 
 #: PIL's resampling filter for resizing (part of the cache key)
 RESIZE_FILTER = "LANCZOS"
+#: what counts as an image file in a folder of images (compared lower-case)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def is_hidden(name: str) -> bool:
+    """A hidden file or folder ('.DS_Store', '.cache', '.git'): never data."""
+    return name.startswith(".")
+
+
+def is_image(name: str) -> bool:
+    """An image file by its extension, in any case."""
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def image_files(folder: Path) -> Tuple[List[Path], List[str]]:
+    """(image files, ignored entries) anywhere below `folder` (symlinks followed), sorted by path.
+
+    Ignored entries are relative to `folder`: non-image files, hidden files, and hidden folders
+    (once, with a trailing '/', not their contents).
+    """
+    files, dirs = walk(folder)
+    hidden_dirs = [d for d in dirs if is_hidden(d.rsplit("/", 1)[-1])]
+    ignored = [d + "/" for d in hidden_dirs if not any(d.startswith(h + "/") for h in hidden_dirs)]
+    found: List[Path] = []
+    for rel in files:
+        if any(rel.startswith(h + "/") for h in hidden_dirs):
+            continue
+        name = rel.rsplit("/", 1)[-1]
+        if is_hidden(name) or not is_image(name):
+            ignored.append(rel)
+        else:
+            found.append(folder / rel)
+    return found, sorted(ignored)
 
 
 # ----------------------------------------------------------------------------- data roots
@@ -134,7 +167,7 @@ def folder_fingerprint(folder: Path) -> str:
 
 
 class ArchiveReader:
-    """Reads member bytes from a zip (`kind` 'zip') or an extracted folder ('folder'); a context manager."""
+    """Reads member bytes from a zip (`kind` 'zip') or an extracted folder ('extracted'); a context manager."""
 
     def __init__(self, kind: str, path: Path) -> None:
         self.kind, self.path = kind, path

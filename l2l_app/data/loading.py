@@ -105,6 +105,12 @@ def list_classes(dataset: Dataset, data_root: Optional[PathLike] = None,
     return lists
 
 
+def shared_classes(a: Iterable[str], b: Iterable[str]) -> List[str]:
+    """The classes of two splits that are the same class (sorted): names compared without a trailing
+    '/rotDDD', so two rotations of one (Omniglot) character count as one class."""
+    return sorted({_ROT_RE.sub("", n) for n in a} & {_ROT_RE.sub("", n) for n in b})
+
+
 def check_disjoint(splits: Mapping[str, Union[SplitData, Sequence[str]]]) -> None:
     """Raise DataError if two splits (SplitData or lists of class names) share a class.
 
@@ -113,14 +119,12 @@ def check_disjoint(splits: Mapping[str, Union[SplitData, Sequence[str]]]) -> Non
     """
     names = list(splits)
 
-    def bases(split: Union[SplitData, Sequence[str]]) -> set:
-        classes = split.class_names if isinstance(split, SplitData) else split
-        return {_ROT_RE.sub("", n) for n in classes}
+    def classes(split: Union[SplitData, Sequence[str]]) -> Sequence[str]:
+        return split.class_names if isinstance(split, SplitData) else split
 
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            base_a, base_b = bases(splits[a]), bases(splits[b])
-            common = sorted(base_a & base_b)
+            common = shared_classes(classes(splits[a]), classes(splits[b]))
             if common:
                 shown = ", ".join(common[:3]) + (f" and {len(common) - 3} more" if len(common) > 3 else "")
                 raise DataError(f"splits {a} and {b} share {len(common)} class(es): {shown}; "

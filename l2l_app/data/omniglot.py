@@ -43,13 +43,13 @@ class OmniglotSource(Source):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self.archives: Dict[str, Tuple[str, Path]] = {}  # name -> ('zip'|'folder', path)
+        self.archives: Dict[str, Tuple[str, Path]] = {}  # name -> ('zip'|'extracted', path)
         for name in ARCHIVES:
             z, d = root / f"{name}.zip", root / name
             if z.is_file():
                 self.archives[name] = ("zip", z)
             elif d.is_dir():
-                self.archives[name] = ("folder", d)
+                self.archives[name] = ("extracted", d)
         if not self.archives:
             raise DataError(f"no Omniglot data under {root}: expected images_background.zip and "
                             "images_evaluation.zip, or the extracted folders images_background/ and "

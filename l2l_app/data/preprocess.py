@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from l2l_app.data.types import Dataset, SplitData
+from l2l_app.data.types import IMAGES, VECTORS, Dataset, SplitData
 from l2l_app.errors import DataError
 
 #: std below this is treated as 1 (a constant channel or feature carries no scale)
@@ -31,7 +31,7 @@ MIN_STD = 1e-6
 class Preprocessing:
     """Decoding and normalisation of one run's inputs.
 
-    dataset: the dataset trained on; kind: 'image' or 'features'; channels: image channels (1 or 3)
+    dataset: the dataset trained on; kind: IMAGES ('image') or VECTORS ('vectors'); channels: image channels (1 or 3)
     or the feature dimension D; image_size: the square side (0 for features); resize: 'stretch' or
     'crop'; mean / std: per channel (images, in [0, 1] units) or per feature, None = not normalised;
     invert: pixels are stored as 255 - v (Omniglot: strokes 255 on a 0 background).
@@ -52,7 +52,7 @@ class Preprocessing:
         """The preprocessing of a run on `dataset` (already `configured`), normalised with `train`'s
         statistics when the dataset's `normalize` is on.  Features take D from the data."""
         base = cls.unnormalised(dataset)
-        if dataset.kind == "features":
+        if dataset.kind == VECTORS:
             base = replace(base, channels=int(train.input_shape[0]))
         if not dataset.normalize:
             return base
@@ -86,7 +86,7 @@ class Preprocessing:
     @property
     def input_shape(self) -> Tuple[int, ...]:
         """One model input: (C, H, W) for images, (D,) for feature vectors."""
-        if self.kind == "features":
+        if self.kind == VECTORS:
             return (self.channels,)
         return (self.channels, self.image_size, self.image_size)
 
@@ -97,7 +97,7 @@ class Preprocessing:
 
     def describe(self) -> str:
         """One line for run.json, predict and export sidecars."""
-        if self.kind == "features":
+        if self.kind == VECTORS:
             what = f"feature vectors of {self.channels} numbers"
         else:
             what = (f"{'grey' if self.channels == 1 else 'RGB'} {self.image_size}x{self.image_size} images "
@@ -106,7 +106,7 @@ class Preprocessing:
 
     def dataset_settings(self) -> Dict[str, Any]:
         """The data settings (`DataConfig` names) that decode another dataset like this run's data."""
-        if self.kind == "features":
+        if self.kind == VECTORS:
             return {}
         return {"image_size": self.image_size, "channels": self.channels, "resize": self.resize}
 
@@ -120,7 +120,7 @@ class Preprocessing:
         """
         from l2l_app.data import images
 
-        if self.kind != "image":
+        if self.kind != IMAGES:
             raise ValueError("image_pixels: this run was trained on feature vectors, not images")
         if isinstance(image, (str, Path)):
             path = Path(image)
@@ -170,9 +170,9 @@ def input_function(pre: Optional[Preprocessing], device: torch.device | str) -> 
     float32 [..., D] -> (x - mean) / std when `pre` normalises, else unchanged.  `pre` None: pixels / 255.
     """
     device = torch.device(device)
-    table = pre.pixel_table(device) if pre is not None and pre.kind == "image" and pre.normalised else None
+    table = pre.pixel_table(device) if pre is not None and pre.kind == IMAGES and pre.normalised else None
     stats = None
-    if pre is not None and pre.kind == "features" and pre.normalised:
+    if pre is not None and pre.kind == VECTORS and pre.normalised:
         stats = (torch.tensor(pre.mean, dtype=torch.float32, device=device),
                  torch.tensor(pre.std, dtype=torch.float32, device=device))
 

@@ -228,6 +228,9 @@ DATA_OPTIONS: Dict[str, str] = {
     "split_file": "--split-file", "split_seed": "--split-seed", "split_ratios": "--split-ratios",
     "label_column": "--label-column",
 }
+#: `Dataset.kind` / `Preprocessing.kind`: images (uint8 [N, C, H, W]) or feature vectors (float32 [N, D])
+IMAGES = "image"
+VECTORS = "vectors"
 #: --resize: how an image becomes image_size x image_size
 RESIZE_POLICIES = ("stretch", "crop")
 
@@ -278,8 +281,8 @@ class Dataset(abc.ABC):
     resize: str = "stretch"
     normalize: bool = False
     options: Tuple[str, ...] = ("image_size", "channels", "resize", "normalize")
-    #: 'image' (uint8 [N, C, H, W]) or 'features' (float32 [N, D])
-    kind: str = "image"
+    #: IMAGES (uint8 [N, C, H, W]) or VECTORS (float32 [N, D])
+    kind: str = IMAGES
 
     @property
     def mode(self) -> str:
