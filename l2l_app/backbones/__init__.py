@@ -25,7 +25,7 @@ from .spec import BackboneSpec
 
 import_submodules(__name__)
 
-__all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules",
+__all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules", "has_batch_norm",
            "TaskBatchNorm2d", "batchnorm_mode", "BN_EPS", "primitive_batch_norm", "native_task_batch_norm",
            "Conv4", "conv_block"]
 
@@ -60,6 +60,11 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether `model` normalises with batch statistics anywhere (a `TaskBatchNorm2d`)."""
+    return any(isinstance(m, TaskBatchNorm2d) for m in model.modules())
 
 
 def assert_no_aliased_submodules(model: nn.Module) -> None:

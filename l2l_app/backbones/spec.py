@@ -23,6 +23,8 @@ class BackboneSpec:
     build: Callable[..., nn.Module]
     inputs: str = "image"
     options: Tuple[str, ...] = ()
+    #: whether `hidden` (--hidden) sets its width; an explicit --hidden is refused when it does not
+    uses_hidden: bool = True
     #: the default of each option (what `l2l_app.config.resolve` records)
     defaults: Mapping[str, Any] = field(default_factory=dict)
     #: problems(options) -> messages naming the flag, for option values it cannot build (config validation)

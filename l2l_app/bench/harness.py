@@ -40,9 +40,10 @@ import torch
 
 from .. import runtime
 from ..config import ExperimentConfig, resolve, validate, with_overrides
-from ..data import EpisodeBatch, SplitData, build_task_source, load_split
+from ..data import EpisodeBatch, SplitData, build_task_source
+from ..data.types import IMAGES
 from ..errors import ConfigError
-from ..experiment import build_learner, build_model
+from ..experiment import build_learner, build_model, load_config_split
 from ..registry import DATASETS
 from . import torchmeta_style
 
@@ -245,6 +246,9 @@ def experiment_config(s: BenchSettings, **changes: Any) -> ExperimentConfig:
 def synthetic_split(dataset: str, ways: int, shots: int, queries: int, seed: int) -> SplitData:
     """Random uint8 images of the dataset's shape: 2*ways classes x (shots+queries) images."""
     spec = DATASETS[dataset]
+    if spec.kind != IMAGES:
+        raise ConfigError(f"--synthetic makes random images, but --dataset {dataset} holds feature vectors of a "
+                          f"length read from the data; drop --synthetic and pass --data-root")
     classes, per_class = max(2 * ways, ways + 1), shots + queries
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (classes * per_class, spec.in_channels, spec.image_size, spec.image_size),
@@ -296,9 +300,9 @@ class Bench:
             s.repeats = 5 if self.device.type == "cpu" else 30
         self.config = experiment_config(s)
         self.split = (synthetic_split(s.dataset, s.ways, s.shots, s.queries, s.seed) if s.synthetic
-                      else load_split(s.dataset, "train", s.data_root, progress=False))
+                      else load_config_split(self.config, "train", progress=False))
         runtime.seed_everything(s.seed)
-        self.model = build_model(self.config).to(self.device)
+        self.model = build_model(self.config, self.split.input_shape).to(self.device)
         self._batches: Dict[int, EpisodeBatch] = {}
 
     def batch(self, meta_batch: int) -> EpisodeBatch:
