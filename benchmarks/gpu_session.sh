@@ -50,6 +50,11 @@ if [ "${STEPS:-all}" = cudagraphs ]; then  # second session: CUDA graphs for the
   stamp "done"; exit 0
 fi
 
+stamp "model inputs on $DEVICE vs the CPU (pixel tables, normalisation, tensor sampler)"
+timeout 60 $PY benchmarks/input_parity.py --device "$DEVICE" --out "$RES/input_parity.json" \
+  || stamp "input parity failed or timed out"
+pack
+
 stamp "engine parity on $DEVICE"
 timeout 60 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" \
   || stamp "parity failed or timed out"

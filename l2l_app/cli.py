@@ -454,11 +454,91 @@ def bench(out, impls, sweeps, algo, **settings) -> None:
     click.echo(f"written to {Path(out) / 'bench.json'} and {Path(out) / 'bench.md'}")
 
 
-# ---- anchor: data check command (l2l_app/datacheck.py) ----
+#: the train options `l2l-app data check` takes: how the data is read, and the episode shapes
+DATA_CHECK_SETTINGS = ("dataset", "data_root", "image_size", "channels", "resize", "split_file", "split_seed",
+                       "split_ratios", "label_column", "ways", "shots", "queries", "train_ways", "train_shots",
+                       "train_queries")
 
-# ---- anchor: predict command (l2l_app/predict.py) ----
 
-# ---- anchor: export command (l2l_app/export.py) ----
+def data_check_options(fn: Callable) -> Callable:
+    """The DATA_CHECK_SETTINGS options of `train` (same help, sections and defaults) as options of `fn`."""
+    specs = {spec[0]: (section, spec) for section, group in TRAIN_SECTIONS for spec in group}
+    for name in reversed(DATA_CHECK_SETTINGS):
+        section, spec = specs[name]
+        fn = _spec_option(spec, section)(fn)
+    return fn
+
+
+@cli.group(cls=OneLineErrors)
+def data() -> None:
+    """Inspect a dataset before training (`l2l-app data check --help`)."""
+
+
+@data.command("check", cls=SectionedCommand)
+@data_check_options
+@click.option("--json", "as_json", is_flag=True, cls=SectionedOption, section="Output",
+              help="print the report as JSON")
+@click.option("--quiet", is_flag=True, cls=SectionedOption, section="Output", help="no progress output")
+def data_check(as_json: bool, quiet: bool, **settings: Any) -> None:
+    """Will this data train?  Per split: classes, images per class, unreadable images, classes too
+    small for the episodes; across splits: shared classes and duplicate images.
+
+    Exit 0: training with this episode shape would work (warnings allowed); 1: it would fail
+    (the failed checks are listed); 2: bad input.
+    """
+    from .datacheck import check_data
+    report = check_data(settings, progress=not quiet)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.format())
+    if not report.ok:
+        raise ExitWith(report.summary(), 1)
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--support", "support_dir", type=click.Path(path_type=Path), required=True,
+              help="folder with one sub-folder of a few images per class (class names: the folder names)")
+@click.option("--query", "queries", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="an image file, or a folder whose images (recursively) are classified; repeatable")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="also write the predictions as CSV (image,predicted_class,probability,next_class,next_probability)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.option("--checkpoint", type=Choices(("best", "last")), default="best", show_default=True,
+              help="best (validation) or last")
+@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N  [default: the run's]")
+def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Optional[Path], as_json: bool,
+            checkpoint: str, device: Optional[str]) -> None:
+    """Classify new images with the run in RUN_DIR, given a few examples of each new class.
+
+    The images are decoded and normalised like the run's training images.  Models with an
+    N-way output layer (MAML, Reptile, ...) need exactly N class folders; ProtoNet takes any number.
+    """
+    from .predict import check_output_file, predict_folder
+    if out is not None:
+        check_output_file(out)
+    result = predict_folder(run_dir, support_dir, queries, checkpoint=checkpoint, device=device)
+    click.echo(result.to_json() if as_json else result.table())
+    if out is not None:
+        result.to_csv(out)
+        click.echo(f"written to {out}", err=as_json)
+
+
+from .export import FORMATS as EXPORT_FORMATS  # noqa: E402  (torch only: the --format choices)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", required=True, type=Choices(EXPORT_FORMATS),
+              help="state-dict: torch.save of the weights (and the learner's state, e.g. Meta-SGD's rates); "
+                   "torchscript: a traced model for torch.jit.load; onnx: needs pip install 'l2l_app[onnx]'")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="the file to write; FILE.json beside it says how to prepare inputs and use the outputs")
+@click.option("--checkpoint", type=Choices(("best", "last")), default="best", show_default=True,
+              help="best (validation) or last")
+@click.option("--overwrite", is_flag=True, help="replace an existing FILE and FILE.json")
+def export_cmd(run_dir: Path, fmt: str, out: Path, checkpoint: str, overwrite: bool) -> None:
+    """Write the trained network of RUN_DIR for use without l2l_app (ProtoNet: the embedding
+    network; the others: the meta-learned initialisation with its N-way head), plus FILE.json."""
+    from .export import export_run
+    click.echo(export_run(run_dir, out, fmt, checkpoint, overwrite).describe())
 
 
 @cli.command()
