@@ -59,12 +59,7 @@ class Listing:
 
 def list_top(folder: Path, skip_hidden: bool = False) -> Listing:
     """The class folders and stray entries directly in `folder` (symlinks followed), sorted by name."""
-    try:
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as e:
-        raise DataError(f"cannot list folder {folder}: {images.one_line(e)}; fix its permissions or pass "
-                        "--data-root another copy") from None
+    entries = images.sorted_entries(folder)
     classes: Dict[str, Path] = {}
     strays: List[str] = []
     for e in entries:

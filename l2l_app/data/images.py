@@ -6,7 +6,8 @@
 * `decode` turns image bytes of any PIL mode (1-bit, grey, palette, RGB, RGBA, CMYK, 16-bit ...)
   into a uint8 array of the wanted mode (L or RGB), transparency composited over white, resized
   with RESIZE_FILTER when not already the target size;
-* `decode_files` reads and decodes many files in parallel threads; `to_chw` stacks the arrays;
+* `decode_files` reads and decodes many files in parallel (threads, or processes for many files);
+  `to_chw` stacks the arrays;
 * `BadImages` and `decode_progress` serve the datasets' decoding loops.
 
 A file that cannot be read or decoded raises DataError naming it.  Nothing is ever downloaded.
@@ -17,9 +18,10 @@ import errno
 import hashlib
 import io
 import os
+import sys
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from l2l_app.errors import DataError
 from l2l_app.progress import Progress
@@ -109,6 +111,16 @@ def _readable(path: Path) -> bool:
 # ----------------------------------------------------------------------------- folders and archives
 
 
+def sorted_entries(folder: Union[str, Path]) -> List[os.DirEntry]:
+    """The entries directly in `folder`, sorted by name; DataError naming it when it cannot be listed."""
+    try:
+        with os.scandir(folder) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot list folder {folder}: {one_line(e)}; fix its permissions or pass "
+                        "--data-root another copy") from None
+
+
 def walk(folder: Path) -> Tuple[List[str], List[str]]:
     """(files, folders) under `folder` as sorted relative POSIX paths, following symlinks.
 
@@ -120,13 +132,7 @@ def walk(folder: Path) -> Tuple[List[str], List[str]]:
     dirs: List[str] = []
 
     def visit(path: str, prefix: str, ancestors: Tuple[Tuple[int, int], ...]) -> None:
-        try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as e:
-            raise DataError(f"cannot list folder {path}: {one_line(e)}; fix its permissions or pass "
-                            "--data-root another copy") from None
-        for e in entries:
+        for e in sorted_entries(path):
             rel = prefix + e.name
             try:
                 is_dir = e.is_dir(follow_symlinks=True)
@@ -256,37 +262,75 @@ def decode_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+#: from this many files on, `decode_files` decodes in worker processes (below it, start-up costs more)
+PROCESS_FROM_FILES = 2000
+#: files per task sent to a worker process
+PROCESS_CHUNK = 256
+
+DecodeResult = Tuple[Optional["np.ndarray"], Optional[str]]
+
+
+def _read_and_decode(path: Path, mode: str, size: int, resize: str) -> DecodeResult:
+    """(array, None), or (None, the DataError message) for a file that cannot be read or decoded."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        reason = e.strerror if e.strerror else one_line(e)
+        return None, (f"cannot read image {path}: {reason}; fix its permissions, restore the file or pass "
+                      "--skip-bad-images")
+    try:
+        return decode(data, str(path), mode, size, resize), None
+    except DataError as e:
+        return None, str(e)
+
+
+def _decode_chunk(task: Tuple[Sequence[Path], str, int, str]) -> List[DecodeResult]:
+    """A worker process's share: `_read_and_decode` of each path, in order."""
+    paths, mode, size, resize = task
+    return [_read_and_decode(p, mode, size, resize) for p in paths]
+
+
 def decode_files(paths: Sequence[Path], mode: str, size: int, resize: str, bad: "BadImages",
                  bar: Optional[Progress] = None, workers: Optional[int] = None) -> List[Optional["np.ndarray"]]:
-    """Read and decode image files in parallel threads, in order: one uint8 array [size, size]
-    ('L') or [size, size, 3] ('RGB') per path, or None for a file `bad` skipped (an unreadable
-    file raises DataError naming it unless `bad` skips).  `bar` advances by one per file."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Read and decode image files in parallel, in order: one uint8 array [size, size] ('L') or
+    [size, size, 3] ('RGB') per path, or None for a file `bad` skipped (an unreadable file raises
+    DataError naming it unless `bad` skips).  `bar` advances by one per file.
 
-    def one(path: Path) -> Tuple[Optional["np.ndarray"], Optional[DataError]]:
-        try:
-            data = Path(path).read_bytes()
-        except OSError as e:
-            reason = e.strerror if e.strerror else one_line(e)
-            return None, DataError(f"cannot read image {path}: {reason}; fix its permissions, restore the file "
-                                   "or pass --skip-bad-images")
-        try:
-            return decode(data, str(path), mode, size, resize), None
-        except DataError as e:
-            return None, e
+    On Linux, from PROCESS_FROM_FILES files on, `workers` forked processes decode chunks of
+    PROCESS_CHUNK files (forked: no re-import of the caller's script, which spawned workers would
+    need; a child runs only PIL and NumPy, with PIL's plugins loaded before the fork).  Fewer
+    files, or another OS, use threads, which gain less: PIL holds the GIL for about half of a
+    small JPEG's decode.
+    """
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
-    out: List[Optional["np.ndarray"]] = []
     n = workers or decode_workers()
+    out: List[Optional["np.ndarray"]] = []
+
+    def collect(results: Iterable[DecodeResult]) -> None:
+        for arr, error in results:
+            if error is not None:
+                bad.record(DataError(error))
+            out.append(arr)
+            if bar is not None:
+                bar.advance(1)
+
+    if n > 1 and len(paths) >= PROCESS_FROM_FILES and sys.platform.startswith("linux"):
+        import multiprocessing
+
+        from PIL import Image
+
+        Image.init()  # every format plugin imported before the fork: children import nothing
+        context = multiprocessing.get_context("fork")
+        tasks = [(list(paths[i:i + PROCESS_CHUNK]), mode, size, resize) for i in range(0, len(paths), PROCESS_CHUNK)]
+        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+            for chunk in pool.map(_decode_chunk, tasks):
+                collect(chunk)
+        return out
     with ThreadPoolExecutor(max_workers=n) as pool:
-        # map keeps the order; a bounded window keeps memory flat on 60,000 files
-        window = max(64, 16 * n)
+        window = max(64, 16 * n)  # map keeps the order; a bounded window keeps memory flat
         for start in range(0, len(paths), window):
-            for arr, error in pool.map(one, paths[start:start + window]):
-                if error is not None:
-                    bad.record(error)
-                out.append(arr)
-                if bar is not None:
-                    bar.advance(1)
+            collect(pool.map(lambda p: _read_and_decode(p, mode, size, resize), paths[start:start + window]))
     return out
 
 

@@ -18,6 +18,10 @@ _ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"),
+    # protocol 5 (Python 3.14's default) rebuilds arrays from a buffer
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    # protocol 2 pickles written by Python 3 store bytes as _codecs.encode(text, 'latin1')
+    ("_codecs", "encode"),
     ("collections", "OrderedDict"),
 }
 
