@@ -6,6 +6,8 @@
 #     OUT=/path bash benchmarks/gpu_session.sh
 #   dry run here (tiny, CPU):  DRY=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
 #   STEPS=cudagraphs: only the MAML step under torch.compile(mode="reduce-overhead")
+#   STEPS=core: input and engine parity, the six Omniglot 5w1s benches and the algorithm comparison
+#               (about 6 minutes: what fits a short device budget)
 #
 # Everything lands in $OUT/gpu_results.tar.gz (+ gpu_session.log); unpack it into benchmarks/results/.
 set -u
@@ -73,6 +75,7 @@ stamp "MAML, ANIL and Meta-SGD on one workload, in one process"
 timeout 120 $PY benchmarks/compare_algorithms.py --device "$DEVICE" --meta-batch $MB "${TIMES[@]}" \
   "${HIDDEN[@]}" --out "$RES/algorithms-omniglot-5w1s" 2>&1 | tail -12 || stamp "compare failed or timed out"
 pack
+if [ "${STEPS:-all}" = core ]; then stamp "done (core)"; exit 0; fi
 bench maml-sweep-meta-batch 90 --algo maml --inner-steps 1 --impl loop,batched --sweep meta-batch=$SWEEP
 bench maml-miniimagenet-5w1s 80 --algo maml --dataset miniimagenet --synthetic --hidden 32 \
   --meta-batch $MB --inner-steps 5 --impl loop,batched

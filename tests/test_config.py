@@ -105,7 +105,7 @@ ENGINES = ("loop", "batched")  # what resolve_engine chooses between (eager; no 
 
 
 def measured_engine_timings():
-    """Loop-vs-batched timings committed in benchmarks/results/{cpu,gpu-h200}/*/bench.json.
+    """Loop-vs-batched timings committed in benchmarks/results/{cpu,gpu-h200,gpu-h100}/*/bench.json.
 
     Each bench.json holds `settings` (algo, device) and `results` (one row per impl and mode,
     with `meta_batch` and `median_ms`), plus `sweeps` ({sweep name: rows}, e.g. the meta-batch
@@ -113,7 +113,8 @@ def measured_engine_timings():
     (id, algo, device type, meta_batch, {engine: median ms}).  Rows of other implementations
     (torchmeta, batched-compiled, batched-cudagraphs) are not engines `auto` can pick.
     """
-    paths = [p for machine in ("cpu", "gpu-h200") for p in sorted(BENCH_RESULTS.glob(f"{machine}/*/bench.json"))]
+    paths = [p for machine in ("cpu", "gpu-h200", "gpu-h100")
+             for p in sorted(BENCH_RESULTS.glob(f"{machine}/*/bench.json"))]
     found = []
     for path in paths:
         bench = json.loads(path.read_text())
