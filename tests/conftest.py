@@ -194,3 +194,22 @@ def corrupt_zip_member(zpath: Path, folder: str, index: int) -> str:
         for n, data in items:
             zf.writestr(n, b"garbage" if n == bad else data)
     return bad
+
+
+def cli_run(*args):
+    """`l2l-app ARGS` in-process (click's CliRunner); every argument passed as text."""
+    from click.testing import CliRunner
+
+    from l2l_app.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def refused(result, *fragments) -> str:
+    """Assert a one-line `error: ...` with exit code 2 that contains every fragment; the message."""
+    assert result.exit_code == 2, result.output
+    err = result.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err

@@ -17,6 +17,7 @@ from l2l_app.cli import cli
 from l2l_app.config import APPLIES_TO, ExperimentConfig, compose, listing, resolve, validate, with_overrides
 from l2l_app.registry import ALGORITHMS, BACKBONES, DATASETS
 from l2l_app.errors import ConfigError
+from conftest import cli_run, refused
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,18 +30,7 @@ def users(setting: str, word: str = "and") -> str:
     return listing(APPLIES_TO[setting], word)
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def refused(result, *fragments) -> str:
-    """Assert a one-line `error: ...` with exit code 2 that contains every fragment; the message."""
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
+run = cli_run
 
 
 def train(root: Path, out: Path, *args):

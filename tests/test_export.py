@@ -20,16 +20,15 @@ from typing import Dict
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 from torch import nn
 
 import l2l_app.export as export_module
 from l2l_app import __version__
 from l2l_app.backbones import TaskBatchNorm2d
-from l2l_app.cli import cli
 from l2l_app.experiment import Experiment, build_model
 from l2l_app.export import TRACE_BATCH, float32_tolerance, sidecar_path
+from conftest import cli_run, refused
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")]
@@ -42,18 +41,7 @@ BATCHES = (1, 7)
 assert TRACE_BATCH not in BATCHES
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def refused(result, *fragments) -> str:
-    """Assert a one-line `error: ...` with exit code 2 that contains every fragment; the message."""
-    assert result.exit_code == 2, result.output
-    err = result.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in result.output, err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
+run = cli_run
 
 
 def train(root: Path, out: Path, *args: str) -> Path:

@@ -16,8 +16,8 @@ column (impute or drop such rows first).  Arrays are read with `allow_pickle=Fal
 Classes are split like class folders (`l2l_app.data.class_split`): `--split-file`, else a seeded
 split of the sorted class names (`--split-seed`, `--split-ratios`).  Within a split, classes are in
 sorted order and each class's rows in file order.  The cache key hashes the files' sizes and
-mtimes, the split's class list, the split settings and the label column; a file data root has no
-folder of its own, so its cache lives in $L2L_APP_CACHE_DIR (else ~/.cache/l2l_app).  The label
+mtimes, the split's class list, the split settings and the label column; the cache of a file data
+root lives in a `.cache` folder beside the file (else $L2L_APP_CACHE_DIR or ~/.cache/l2l_app).  The label
 reads behind the split are memoised per file identity (path, size, mtime), so a cache hit does
 not parse a CSV several times.
 """
