@@ -13,7 +13,7 @@ is `trainer.evaluate_run` and `predict` is `l2l_app.predict.classify`, the core 
 
 No files are written unless asked: without `out`, `train` works in a temporary directory that is
 removed when the `Run` is closed (`run.close()`, a `with` block) or garbage-collected.
-`Run.evaluate` writes its result file into the run directory, like `l2l-app eval`.
+`Run.evaluate(save=True)` also writes its result file into the run directory, like `l2l-app eval`.
 """
 from __future__ import annotations
 
@@ -93,15 +93,16 @@ class Run:
     def evaluate(self, episodes: Optional[int] = None, split: str = "test", *, ways: Optional[int] = None,
                  shots: Optional[int] = None, queries: Optional[int] = None, seed: Optional[int] = None,
                  dataset: Optional[str] = None, data_root: Optional[PathLike] = None,
-                 progress: bool = False) -> EvalResult:
-        """Mean accuracy and 95% CI over fixed-seed episodes, exactly as `l2l-app eval` (which this
-        is: the result file is written into the run directory).  None: the run's own setting."""
+                 progress: bool = False, save: bool = False) -> EvalResult:
+        """Mean accuracy and 95% CI over fixed-seed episodes, exactly as `l2l-app eval` computes it.
+        None: the run's own setting.  `save`: also write the result file into the run directory (as
+        `l2l-app eval` does); by default nothing is written."""
         if self._temporary is not None and not self.path.is_dir():
             raise ConfigError("this Run was closed and its temporary run directory removed; train again, or pass "
                               "out= to train() to keep the run")
         return evaluate_run(self.path, split=split, episodes=episodes, checkpoint=self.checkpoint, seed=seed,
                             device=self.device, progress=progress, ways=ways, shots=shots, queries=queries,
-                            dataset=dataset, data_root=None if data_root is None else str(data_root))
+                            dataset=dataset, data_root=None if data_root is None else str(data_root), save=save)
 
     def predict(self, support_images: Items, support_labels: Sequence[Hashable], query_images: Items,
                 query_names: Optional[Sequence[str]] = None) -> Predictions:

@@ -437,15 +437,15 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
                  checkpoint: str = "best", seed: int | None = None, device: str | None = None,
                  engine: str | None = None, progress: bool = True, ways: int | None = None,
                  shots: int | None = None, queries: int | None = None, dataset: str | None = None,
-                 data_root: str | None = None) -> EvalResult:
+                 data_root: str | None = None, save: bool = True) -> EvalResult:
     """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
 
     ways/shots/queries override the run's evaluation episode shape (an algorithm without an
     output layer, like ProtoNet, can test any ways; one with an N-way layer only its N).
     dataset/data_root: evaluate on another dataset's (or another copy's) classes -- cross-domain
     evaluation (Chen et al., ICLR 2019) -- decoded and normalised with the run's preprocessing.
-    Writes one file per protocol (`rundir.eval_file_name`), recording the checkpoint's step and
-    SHA-256 so that a later change of the checkpoint marks the result stale.
+    With `save`, writes one file per protocol (`rundir.eval_file_name`), recording the checkpoint's
+    step and SHA-256 so that a later change of the checkpoint marks the result stale.
     """
     run_dir = Path(run_dir)
     trained = load_config(run_dir)
@@ -480,7 +480,8 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
         protocol["cross_domain"] = {"trained_on": trained.data.dataset, "dataset": config.data.dataset,
                                     "data_root": config.data.data_root}
     result = evaluate(x.learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
-    write_json(out, result.to_dict(with_accuracies=True))
+    if save:
+        write_json(out, result.to_dict(with_accuracies=True))
     return result
 
 

@@ -128,11 +128,15 @@ def test_labels_are_any_hashable_names(run, test_images):
     assert '"classes"' in result.to_json()
 
 
-def test_evaluate_is_eval_and_writes_its_file_into_the_run(run):
+def test_evaluate_is_eval_and_writes_only_when_asked(run):
+    before = sorted(p.name for p in run.path.rglob("*"))
     result = run.evaluate(episodes=3, seed=5)
     assert isinstance(result, EvalResult) and result.episodes == 3 and len(result.accuracies) == 3
     assert result.protocol["ways"] == 3 and result.protocol["episode_seed"] == 5
-    assert (run.path / result.protocol["file"]).is_file()
+    assert sorted(p.name for p in run.path.rglob("*")) == before  # nothing written unless asked
+    saved = run.evaluate(episodes=3, seed=5, save=True)
+    assert saved.accuracies == result.accuracies  # the same fixed-seed episodes
+    assert (run.path / saved.protocol["file"]).is_file()
 
 
 def test_properties(run):
