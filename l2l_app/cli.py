@@ -406,6 +406,9 @@ def recipes(as_json) -> None:
 
 
 @cli.command()
+@click.option("--recipe", default=None, help="time exactly the meta-step this recipe trains (its algorithm and "
+                                             "settings, backbone, filters, meta-batch and training episode "
+                                             "shape); options given on the command line override it")
 @click.option("--algo", type=ALGO_SPEC[1], default="maml", show_default=True, help=ALGO_SPEC[2])
 @click.option("--dataset", type=Choices(DATASETS.names()), default="omniglot", show_default=True,
               help="dataset (train split)")
@@ -430,18 +433,33 @@ def recipes(as_json) -> None:
 @click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
-def bench(out, impls, sweeps, algo, **settings) -> None:
+def bench(out, impls, sweeps, recipe, algo, **settings) -> None:
     """Time one meta-training step of each implementation on the same weights and episodes.
 
-    The workload is set like a training run's (the algorithm's own settings included).
+    The workload is set like a training run's (the algorithm's own settings included), or with
+    --recipe exactly as that recipe trains (flags given on the command line override it).
     """
+    from click.core import ParameterSource
+
     from .bench import BenchSettings, parse_impls, parse_sweep, run_bench
+    from .bench.harness import WORKLOAD_FIELDS, recipe_workload
     from .config import expand_algo_alias
     _check_numbers([limit.error(settings[option.lstrip("-")], option) for option, limit in BENCH_LIMITS.items()])
+    ctx = click.get_current_context()
+    given = {name for name in ("algo", *settings) if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
     own = expand_algo_alias({"algo": algo, **{name: settings.pop(name) for name in list(settings)
                                                if is_algorithm_setting(name) and settings[name] is not None}})
     settings = {k: v for k, v in settings.items() if not is_algorithm_setting(k)}
-    s = BenchSettings(algo=own.pop("algo"), algorithm=own, impls=parse_impls(impls),
+    algo = own.pop("algo")
+    if recipe is not None:
+        workload = recipe_workload(recipe)
+        if "algo" in given and algo != workload["algo"]:
+            raise click.UsageError(f"--recipe {recipe} trains {workload['algo']}, which --algo {algo} contradicts; "
+                                   f"drop --algo")
+        algo, own = workload["algo"], {**workload["algorithm"], **own}
+        settings.update({k: v for k, v in workload.items() if k in WORKLOAD_FIELDS and k in settings
+                         and k not in given})
+    s = BenchSettings(algo=algo, algorithm=own, impls=parse_impls(impls), recipe=recipe,
                       sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
     result = run_bench(s, out)
     for r in result["results"]:

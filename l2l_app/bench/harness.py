@@ -208,6 +208,25 @@ class BenchSettings:
     tf32: bool = False
     seed: int = 0
     sweeps: Dict[str, List[int]] = field(default_factory=dict)
+    #: the recipe whose training workload this is (`recipe_workload`), for the record
+    recipe: Optional[str] = None
+
+
+#: the BenchSettings fields that make the workload (what `recipe_workload` sets)
+WORKLOAD_FIELDS = ("algo", "dataset", "ways", "shots", "queries", "meta_batch", "hidden", "backbone", "algorithm")
+
+
+def recipe_workload(name: str) -> Dict[str, Any]:
+    """The meta-step recipe `name` trains, as BenchSettings fields: its algorithm with all its own
+    settings, dataset, backbone, filters, meta-batch, and the *training* episode shape
+    (train_ways/shots/queries), so a bench and a training run of the recipe time the same step."""
+    from ..config import compose
+
+    config = resolve(compose({}, recipe=name))
+    own = {n: getattr(config.algorithm, n) for n in config.spec.setting_names()}
+    return dict(algo=config.algo, dataset=config.data.dataset, ways=config.train_ways, shots=config.train_shots,
+                queries=config.train_queries, meta_batch=config.optim.meta_batch, hidden=config.model.hidden,
+                backbone=config.model.backbone, algorithm=own)
 
 
 def parse_impls(text: str) -> Tuple[str, ...]:
