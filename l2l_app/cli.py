@@ -15,9 +15,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import click
 
-from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FIELD_TYPES, SAMPLERS, SPLITS,
-                     algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
+from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FIELD_TYPES, MODEL_OPTIONS, SAMPLERS,
+                     SPLITS, algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
+from .data.types import DATA_OPTIONS, RESIZE_POLICIES
 from .errors import L2LAppError
+from .export import FORMATS as EXPORT_FORMATS
 from .registry import ALGORITHMS, BACKBONES, DATASETS
 from .settings import Limit
 
@@ -70,15 +72,7 @@ class SectionedCommand(click.Command):
 #: what --help says for settings whose default is None (derived, or off)
 DERIVED_DEFAULTS: Dict[str, str] = {
     "data_root": "the bundled Omniglot",
-    "image_size": "the dataset's (omniglot 28, miniimagenet 84, folder 84, cifar-fs/fc100 32)",
-    "channels": "the dataset's (omniglot 1, others 3)",
-    "resize": "the dataset's (folder: crop; others: stretch)",
-    "normalize": "the dataset's (on for folder, CIFAR and features; off for omniglot and miniimagenet)",
     "split_file": "none (class folders: train/val/test sub-folders, else a seeded split)",
-    "split_seed": "0",
-    "split_ratios": "0.64,0.16,0.2",
-    "label_column": "label",
-    "mlp_hidden": "256,256",
     "train_ways": "--ways",
     "train_shots": "--shots",
     "train_queries": "--queries",
@@ -97,19 +91,37 @@ def _shown_value(name: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _grouped(shown: Dict[str, str]) -> str:
+    """{'maml': '0.4', 'anil': '0.4', 'reptile': '0.001'} -> 'maml, anil 0.4; reptile 0.001' (one value: itself)."""
+    by_text: Dict[str, List[str]] = {}
+    for owner, text in shown.items():
+        by_text.setdefault(text, []).append(owner)
+    if len(by_text) == 1:
+        return next(iter(by_text))
+    return "; ".join(f"{', '.join(owners)} {text}" for text, owners in by_text.items())
+
+
+def _component_defaults(name: str) -> Dict[str, Any]:
+    """A dataset or backbone option's default in each registered dataset or backbone that takes it."""
+    if name in DATA_OPTIONS:
+        attr = "in_channels" if name == "channels" else name
+        return {n: getattr(d, attr) for n, d in DATASETS.items() if name in d.options}
+    if name in MODEL_OPTIONS:
+        return {n: b.defaults.get(name) for n, b in BACKBONES.items() if name in b.options}
+    return {}
+
+
 def shown_default(name: str) -> str:
     """The default of setting `name` as --help shows it: the ExperimentConfig default, or for an
-    algorithm's setting its algorithms' defaults ('maml 0.4, reptile 0.001' when they differ)."""
+    algorithm's setting its algorithms' defaults ('maml 0.4, reptile 0.001' when they differ), and
+    for a dataset's or backbone's option theirs ('omniglot 28; folder, miniimagenet 84')."""
     if is_algorithm_setting(name):
         info = algorithm_setting(name)
-        shown = {algo: info["meta"][algo]["shown_default"] if value is None else _shown_value(name, value)
-                 for algo, value in info["defaults"].items()}
-        by_text: Dict[str, List[str]] = {}
-        for algo, text in shown.items():
-            by_text.setdefault(text, []).append(algo)
-        if len(by_text) == 1:
-            return next(iter(by_text))
-        return "; ".join(f"{', '.join(algos)} {text}" for text, algos in by_text.items())
+        return _grouped({algo: info["meta"][algo]["shown_default"] if value is None else _shown_value(name, value)
+                         for algo, value in info["defaults"].items()})
+    components = {owner: v for owner, v in _component_defaults(name).items() if v is not None}
+    if components:
+        return _grouped({owner: _shown_value(name, v) for owner, v in components.items()})
     value = DEFAULTS[name]
     if value is None:
         return DERIVED_DEFAULTS[name]
@@ -143,7 +155,7 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("skip_bad_images", None, "skip unreadable images (counted and reported)"),
         ("image_size", int, "side of the square images the data is decoded to"),
         ("channels", int, "1 (grey) or 3 (RGB): what images are converted to"),
-        ("resize", Choices(("stretch", "crop")), "stretch: squash to the square; crop: shorter side to "
+        ("resize", Choices(RESIZE_POLICIES), "stretch: squash to the square; crop: shorter side to "
                                                  "--image-size, then the centre square"),
         ("normalize", None, "standardise inputs with the train split's per-channel mean and std "
                             "(saved in the run and reused by eval, predict and export)"),
@@ -537,9 +549,6 @@ def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Op
     if out is not None:
         result.to_csv(out)
         click.echo(f"written to {out}", err=as_json)
-
-
-from .export import FORMATS as EXPORT_FORMATS  # noqa: E402  (torch only: the --format choices)
 
 
 @cli.command("export")

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import algorithms as _algorithms, backbones as _backbones, data as _data  # noqa: F401  (they register)
-from .data.types import DATA_OPTIONS, RESIZE_POLICIES, VECTORS, parse_split_ratios
-from .errors import ConfigError
+from .data.class_split import split_ratios
+from .data.types import DATA_OPTIONS, RESIZE_POLICIES, VECTORS
+from .errors import ConfigError, DataError
 from .learner import AlgorithmSettings, AlgorithmSpec
 from .registry import ALGORITHMS, BACKBONES, DATASETS
 from .settings import FLOAT32_MAX, RATE, Limit, meta
@@ -498,9 +499,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         errors.append(f"--channels {config.data.channels} must be 1 (grey) or 3 (RGB)")
     if config.data.split_ratios is not None:
         try:
-            parse_split_ratios(config.data.split_ratios)
-        except ValueError as exc:
-            errors.append(f"--split-ratios {config.data.split_ratios!r}: {exc}")
+            split_ratios(config.data.split_ratios)
+        except DataError as exc:
+            errors.append(str(exc))
     if spec.head and config.train_ways != config.task.ways:
         headless = [name for name, s in ALGORITHMS.items() if not s.head]
         fix = f" or use --algo {' or '.join(headless)}" if headless else ""

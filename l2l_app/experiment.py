@@ -62,8 +62,7 @@ def build_model(config: ExperimentConfig, input_shape: Optional[Tuple[int, ...]]
     images), plus a linear layer over --ways classes when the algorithm has an output layer
     (`AlgorithmSpec.head`)."""
     if input_shape is None:
-        dataset = configured_dataset(config)
-        input_shape = (dataset.in_channels, dataset.image_size, dataset.image_size)
+        input_shape = Preprocessing.unnormalised(configured_dataset(config)).input_shape
     m = config.model
     backbone = build_backbone(m.backbone, input_shape, m.hidden, **{n: getattr(m, n) for n in MODEL_OPTIONS})
     model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
@@ -137,9 +136,11 @@ class Experiment:
     @classmethod
     def from_run(cls, run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None,
                  engine: Optional[str] = None, config: Optional[ExperimentConfig] = None,
-                 sampler: Optional[str] = "l2l") -> Tuple["Experiment", Dict[str, Any]]:
+                 sampler: Optional[str] = "l2l",
+                 preprocessing: Optional[Preprocessing] = None) -> Tuple["Experiment", Dict[str, Any]]:
         """A trained run rebuilt: its config (or `config`, e.g. with another episode shape), its saved
-        preprocessing, and the learner loaded from checkpoints/<checkpoint>.pt.
+        preprocessing (or `preprocessing`, when the caller has read it already), and the learner
+        loaded from checkpoints/<checkpoint>.pt.
 
         Returns (experiment, info) with info = {'step', 'checkpoint', 'checkpoint_path',
         'checkpoint_sha256'}.  One-line errors for a missing run, checkpoint or file.
@@ -151,10 +152,11 @@ class Experiment:
         if checkpoint not in ("best", "last"):
             raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
         run_dir = Path(run_dir)
-        trained = load_config(run_dir)
-        preprocessing = load_preprocessing(run_dir, trained)
-        x = cls.build(config if config is not None else trained, device=device, engine=engine, sampler=sampler,
-                      preprocessing=preprocessing)
+        if config is None or preprocessing is None:
+            trained = load_config(run_dir)
+            config = trained if config is None else config
+            preprocessing = load_preprocessing(run_dir, trained) if preprocessing is None else preprocessing
+        x = cls.build(config, device=device, engine=engine, sampler=sampler, preprocessing=preprocessing)
         path = checkpoint_path(run_dir, checkpoint)
         digest = file_sha256(path) if path.is_file() else None
         state = load_checkpoint(path, map_location=x.device)

@@ -463,17 +463,18 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
-    x, loaded = Experiment.from_run(run_dir, checkpoint, device=device, engine=engine, config=config)
-    state = {"step": loaded["step"]}
-    digest = loaded["checkpoint_sha256"]
+    x, loaded = Experiment.from_run(run_dir, checkpoint, device=device, engine=engine, config=config,
+                                    preprocessing=preprocessing)
+    step = loaded["step"]
     data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
-    protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {state['step']})")
+    protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {step})")
     label = other_data_label(config.data.dataset, config.data.data_root) if other else None
     out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
                                    episodes, seed, label)
-    protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=int(state["step"]),
-                    checkpoint_sha256=digest, file=out.name, preprocessing=preprocessing.describe())
+    protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=step,
+                    checkpoint_sha256=loaded["checkpoint_sha256"], file=out.name,
+                    preprocessing=preprocessing.describe())
     if not has_batch_norm(x.model):
         protocol["batchnorm"] = "none (the backbone has no batch norm)"
     if other:

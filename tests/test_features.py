@@ -29,9 +29,9 @@ from l2l_app.backbones.mlp import MAX_LAYERS, MAX_WIDTH, MLP, parse_hidden_sizes
 from l2l_app.cli import cli
 from l2l_app.config import DataConfig, ExperimentConfig, validate, with_overrides
 from l2l_app.data import list_classes, load_split, load_splits
-from l2l_app.data.class_split import seeded_split
+from l2l_app.data.class_split import seeded_split, split_ratios
 from l2l_app.data.features import FEATURES
-from l2l_app.data.types import VECTORS, EpisodeBatch, parse_split_ratios
+from l2l_app.data.types import VECTORS, EpisodeBatch
 from l2l_app.errors import ConfigError, DataError
 from l2l_app.registry import ALGORITHMS
 from enrol import BATCHED_ALGOS, make_learner, small_settings
@@ -158,7 +158,7 @@ def test_seeded_split_is_class_splits_and_reproducible(tmp_path):
     classes = sorted(str(c) for c in range(CLASSES))
     for seed, ratios in ((0, "0.64,0.16,0.2"), (5, "0.5,0.25,0.25")):
         dataset = configured(split_seed=seed, split_ratios=ratios)
-        expected = seeded_split(classes, parse_split_ratios(ratios), seed)
+        expected = seeded_split(classes, split_ratios(ratios), seed)
         a = load_splits(dataset, data_root=root, cache=False, progress=False)
         b = load_splits(dataset, data_root=root, cache=False, progress=False)
         assert {s: a[s].class_names for s in SPLITS} == expected

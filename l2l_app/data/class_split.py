@@ -83,6 +83,25 @@ def check_split(splits: Dict[str, List[str]], classes: Sequence[str], where: str
                             f"least 2; move classes into it")
 
 
+def split_ratios(text: str) -> Tuple[float, float, float]:
+    """'0.64,0.16,0.2' -> (0.64, 0.16, 0.2): the train/val/test fractions of the classes of a seeded
+    split; a DataError naming --split-ratios and what to write unless three positive numbers summing to 1."""
+    def refuse(why: str) -> DataError:
+        return DataError(f"--split-ratios {text!r}: {why}")
+
+    try:
+        values = tuple(float(p.strip()) for p in str(text).split(","))
+    except ValueError:
+        raise refuse("expected three numbers separated by commas (train,val,test), e.g. 0.64,0.16,0.2") from None
+    if len(values) != 3:
+        raise refuse(f"expected three fractions (train,val,test), got {len(values)}; e.g. 0.64,0.16,0.2")
+    if any(not v > 0 for v in values):
+        raise refuse("every fraction must be above 0 (each split needs classes); e.g. 0.64,0.16,0.2")
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise refuse(f"the fractions sum to {sum(values):g}, not 1; e.g. 0.64,0.16,0.2")
+    return values  # type: ignore[return-value]
+
+
 def seeded_split(classes: Sequence[str], ratios: Tuple[float, float, float], seed: int) -> Dict[str, List[str]]:
     """Shuffle sorted `classes` with `random.Random(seed)`; the first round(train * n) are train,
     the next round(val * n) val, the rest test (each list sorted).  DataError when a split

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from l2l_app.data import images
-from l2l_app.data.class_split import check_split, read_split_file, seeded_split
-from l2l_app.data.types import VECTORS, Dataset, PathLike, Source, SplitData, parse_split_ratios
+from l2l_app.data.class_split import check_split, read_split_file, seeded_split, split_ratios
+from l2l_app.data.types import VECTORS, Dataset, PathLike, Source, SplitData
 from l2l_app.errors import DataError
 from l2l_app.registry import DATASETS
 
@@ -364,7 +364,7 @@ class FeatureVectors(Dataset):
             settings = {"by": "split-file"}
         else:
             classes = self.class_split(labels_of(locate(split_file), self.label_column))[split]
-            settings = {"split_seed": self.split_seed, "split_ratios": list(self._ratios())}
+            settings = {"split_seed": self.split_seed, "split_ratios": list(split_ratios(self.split_ratios))}
         return json.dumps({"classes": classes, "label_column": self.label_column, **settings},
                           sort_keys=True).encode()
 
@@ -376,17 +376,12 @@ class FeatureVectors(Dataset):
             listed = read_split_file(path)
             check_split(listed, classes, f"--split-file {path}")
             return {s: sorted(listed[s]) for s in self.splits}
-        return seeded_split(classes, self._ratios(), self.split_seed)
+        return seeded_split(classes, split_ratios(self.split_ratios), self.split_seed)
 
     def class_lists(self, source: Source, files: Dict[str, Path]) -> Dict[str, List[str]]:
         assert isinstance(source, FeatureSource)
         return self.class_split(labels_of(source.layout, self.label_column))
 
-    def _ratios(self) -> Tuple[float, float, float]:
-        try:
-            return parse_split_ratios(self.split_ratios)
-        except ValueError as e:
-            raise DataError(f"--split-ratios {self.split_ratios!r}: {e}") from None
 
     # ---- reading ----------------------------------------------------------------------------------
     def build(self, source: Source, files: Dict[str, Path], progress: bool,

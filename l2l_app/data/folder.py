@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from l2l_app.data import class_split, images
-from l2l_app.data.types import Dataset, PathLike, Source, SplitData, parse_split_ratios
+from l2l_app.data.types import Dataset, PathLike, Source, SplitData
 from l2l_app.errors import DataError
 from l2l_app.registry import DATASETS
 
@@ -220,10 +220,7 @@ class ClassFolders(Dataset):
     @property
     def ratios(self) -> Tuple[float, float, float]:
         """The parsed --split-ratios (DataError with the fix when malformed)."""
-        try:
-            return parse_split_ratios(self.split_ratios)
-        except ValueError as e:
-            raise DataError(f"--split-ratios {self.split_ratios!r}: {e}") from None
+        return class_split.split_ratios(self.split_ratios)
 
     # ------------------------------------------------------------------ split files and identity
     def split_files(self, root: Path, split_dir: Optional[PathLike]) -> Dict[str, Path]:

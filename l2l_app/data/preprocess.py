@@ -138,14 +138,13 @@ class Preprocessing:
 
     # ------------------------------------------------------------------ model input
     def pixel_table(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """float32 [C, 256]: the model input of pixel value v in channel c (images only)."""
-        v = torch.arange(256, dtype=torch.float32) / 255.0  # exactly the historical v / 255
-        table = v.expand(self.channels, 256).clone()
-        if self.normalised:
-            mean = torch.tensor(self.mean, dtype=torch.float64)[:, None]
-            std = torch.tensor(self.std, dtype=torch.float64)[:, None]
-            table = ((torch.arange(256, dtype=torch.float64) / 255.0 - mean) / std).float()
-        return table.to(device)
+        """float32 [C, 256]: the model input of pixel value v in channel c (images only): v / 255,
+        or (v / 255 - mean[c]) / std[c] computed in float64 on the CPU when normalising."""
+        if not self.normalised:
+            return _plain_pixel_table(torch.device(device)).expand(self.channels, 256)
+        mean = torch.tensor(self.mean, dtype=torch.float64)[:, None]
+        std = torch.tensor(self.std, dtype=torch.float64)[:, None]
+        return ((torch.arange(256, dtype=torch.float64) / 255.0 - mean) / std).float().to(device)
 
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         """Raw items -> float32 model input. uint8 [..., C, H, W] or float32 [..., D] (same shape out)."""

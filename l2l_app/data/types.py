@@ -235,22 +235,6 @@ VECTORS = "vectors"
 RESIZE_POLICIES = ("stretch", "crop")
 
 
-def parse_split_ratios(text: str) -> Tuple[float, float, float]:
-    """'0.64,0.16,0.2' -> (0.64, 0.16, 0.2): the train/val/test fractions of the classes of a seeded
-    split; ValueError (its message says what to write) unless three positive numbers summing to 1."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        raise ValueError("expected three numbers separated by commas (train,val,test), e.g. 0.64,0.16,0.2") from None
-    if len(values) != 3:
-        raise ValueError(f"expected three fractions (train,val,test), got {len(values)}; e.g. 0.64,0.16,0.2")
-    if any(not v > 0 for v in values):
-        raise ValueError("every fraction must be above 0 (each split needs classes); e.g. 0.64,0.16,0.2")
-    if abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(f"the fractions sum to {sum(values):g}, not 1; e.g. 0.64,0.16,0.2")
-    return values  # type: ignore[return-value]
-
 
 @dataclass(frozen=True)
 class Dataset(abc.ABC):
