@@ -3,7 +3,8 @@
 Every library error and every refused option (a value out of range, a choice that does not
 exist, a setting the chosen algorithm does not use) becomes a one-line `error: ...` message on
 stderr and exit code 2 (bad input), before anything is built or written.  A run stopped by a
-NaN exits 1; one stopped by SIGINT/SIGTERM exits 128 + signal number after writing a checkpoint.
+NaN (or, under torchrun, by a rank that died) exits 1; one stopped by SIGINT/SIGTERM exits
+128 + signal number after writing a checkpoint.
 `l2l-app` alone prints the help.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FI
                      SPLITS, algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
 from .data.types import DATA_OPTIONS, RESIZE_POLICIES
 from .errors import L2LAppError
+from .bench.harness import IMPLS
 from .export import FORMATS as EXPORT_FORMATS
 from .registry import ALGORITHMS, BACKBONES, DATASETS
 from .settings import Limit
@@ -80,6 +82,7 @@ DERIVED_DEFAULTS: Dict[str, str] = {
     "lr_decay_every": "no decay",
     "chunk_size": "the whole meta-batch (or what --max-memory allows)",
     "max_memory": "no budget",
+    "cuda_graph": "on with the batched engine on a GPU",
     "checkpoint_minutes": "off",
     "time_budget": "none",
 }
@@ -195,6 +198,7 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("chunk_size", int, "batched engine: tasks per vmap chunk"),
         ("max_memory", float, "batched engine: memory budget in GiB that picks the chunk size"),
         ("compile", None, "batched engine: torch.compile the meta-loss"),
+        ("cuda_graph", None, "batched engine on a GPU: capture the meta-step as one CUDA graph and replay it"),
         ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
         ("val_every", int, "validate every N steps"),
         ("val_episodes", int, "validation episodes"),
@@ -322,6 +326,7 @@ def train(recipe: Optional[str], config_file: Optional[Path], out: Optional[Path
     that the chosen algorithm or engine does not use is refused.
     """
     from .config import compose
+    from .distributed import RankFailure, is_main_process, restarted_run
     from .trainer import Interrupted, NonFiniteLossError, Trainer, resume_config
     given = {k: v for k, v in settings.items() if v is not None}
     if resume is not None:
@@ -335,13 +340,17 @@ def train(recipe: Optional[str], config_file: Optional[Path], out: Optional[Path
         if out is None:
             raise click.UsageError("--out RUN_DIR is required (or --resume RUN_DIR)")
         config, run_dir = compose(given, recipe, config_file), Path(out)
-    trainer = Trainer(config, run_dir, resume=resume is not None, overwrite=overwrite, progress=not quiet)
+    restart = restarted_run(run_dir) if resume is None else None  # torchrun --max-restarts: this job's own run
+    trainer = Trainer(config, run_dir, resume=resume is not None or restart == "resume",
+                      overwrite=overwrite or restart == "overwrite", progress=not quiet)
     try:
         summary = trainer.fit()
-    except NonFiniteLossError as exc:
+    except (NonFiniteLossError, RankFailure) as exc:
         raise ExitWith(str(exc), 1) from None
     except Interrupted as exc:
         raise ExitWith(str(exc), 128 + exc.signum) from None
+    if not is_main_process():
+        return  # torchrun: rank 0 reports for the job
     click.echo(summary.describe(trainer.engine, trainer.sampler, str(trainer.device)))
     compile_seconds = getattr(trainer.learner, "compile_seconds", None)
     if compile_seconds is not None:
@@ -379,6 +388,7 @@ def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optiona
     With --dataset / --data-root: on another dataset's classes (train on mini-ImageNet, test on
     your folder), decoded and normalised like the run's training data; the file records both.
     """
+    from .distributed import is_main_process
     from .trainer import evaluate_run
     if run_arg is not None and run_opt is not None and Path(run_arg) != Path(run_opt):
         raise click.UsageError(f"two run directories given ({run_arg} and --run {run_opt}); give one")
@@ -391,6 +401,8 @@ def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optiona
     result = evaluate_run(run_dir, split=split, episodes=episodes, checkpoint=checkpoint, seed=seed,
                           device=device, engine=engine, progress=not quiet, ways=ways, shots=shots,
                           queries=queries, dataset=dataset, data_root=data_root)
+    if not is_main_process():
+        return  # torchrun: rank 0 reports
     p = result.protocol
     trained = f" (trained on {p['cross_domain']['trained_on']})" if p.get("cross_domain") else ""
     click.echo(f"{p['dataset']}{trained} {p['split']} {p['ways']}-way {p['shots']}-shot ({p['queries']} queries/class, "
@@ -433,13 +445,13 @@ def recipes(as_json) -> None:
 @click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
 @click.option("--backbone", type=Choices(BACKBONES.names()), default="conv4", show_default=True)
 @click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
-              help="comma-separated: loop | torchmeta | batched | batched-compiled")
+              help="comma-separated: " + " | ".join(IMPLS) + " (captured: the meta-gradient as one CUDA graph)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--warmup", type=int, default=None, help="untimed calls after the first (default 2 on CPU, 5 on GPU)")
 @click.option("--repeats", type=int, default=None, help="timed calls (default 5 on CPU, 30 on GPU)")
 @click.option("--with-sampler/--no-sampler", default=False,
               help="also time end to end: each step draws its meta-batch (tensor sampler for batched, "
-                   "learn2learn TaskDataset otherwise)")
+                   "learn2learn TaskDataset otherwise) and steps the optimiser")
 @click.option("--sweep", "sweeps", multiple=True, help="meta-batch=1,4,16,32,64 or inner-steps=1,2,5,10 (repeatable)")
 @click.option("--synthetic", is_flag=True, help="random images of the dataset's shape instead of real data")
 @click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")

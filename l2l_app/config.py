@@ -40,7 +40,7 @@ SPLITS = ("train", "val", "test")
 MODEL_OPTIONS = ("mlp_hidden",)
 
 #: settings of the batched engine only (the loop engine ignores them)
-BATCHED_ONLY = ("chunk_size", "max_memory", "compile")
+BATCHED_ONLY = ("chunk_size", "max_memory", "compile", "cuda_graph")
 
 #: the on/off flags of the boolean settings of the shared groups (an algorithm's own booleans
 #: declare theirs with `setting(flags=...)`)
@@ -48,6 +48,7 @@ _SHARED_BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
     "skip_bad_images": ("--skip-bad-images", "--no-skip-bad-images"),
     "normalize": ("--normalize", "--no-normalize"),
     "compile": ("--compile", "--no-compile"),
+    "cuda_graph": ("--cuda-graph", "--no-cuda-graph"),
     "tf32": ("--tf32", "--no-tf32"),
     "skip_nonfinite": ("--skip-nonfinite", "--stop-nonfinite"),
     "tensorboard": ("--tensorboard", "--no-tensorboard"),
@@ -162,6 +163,8 @@ class RunConfig:
     chunk_size: Optional[int] = None
     max_memory: Optional[float] = None
     compile: bool = False
+    #: capture the batched meta-step as one CUDA graph (engine.graphs); None: on a GPU with the batched engine
+    cuda_graph: Optional[bool] = None
     tf32: bool = False
     val_every: int = 100
     val_episodes: int = 200

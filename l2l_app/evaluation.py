@@ -1,15 +1,22 @@
-"""Few-shot evaluation: fixed-seed episodes, mean accuracy and 95% confidence interval."""
+"""Few-shot evaluation: fixed-seed episodes, mean accuracy and 95% confidence interval.
+
+The episodes are drawn once, up front (`EpisodeSet`: indices into the split), from a freshly
+seeded source -- learn2learn's sampler for `eval` and validation, whatever the engine or device,
+so every engine scores the same episodes -- and scored `batch_size` at a time by the learner's
+`query_accuracy` (the batched engine's vmap over episodes where the algorithm has one:
+`Experiment.evaluation_learner`).
+"""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Union
 
 import torch
 
 from .progress import Progress
-from .data.types import TaskSource
+from .data.types import EpisodeBatch, TaskSource
 from .learner import MetaLearner
 
 
@@ -41,22 +48,44 @@ def mean_ci95(accuracies: torch.Tensor) -> tuple[float, float, float]:
     return acc.mean().item(), 1.96 * std / math.sqrt(n), std
 
 
-def evaluate(learner: MetaLearner, source: TaskSource, episodes: int, batch_size: int = 50,
-             protocol: Dict[str, Any] | None = None, progress: bool = True,
+class EpisodeSet:
+    """A fixed set of episodes drawn once from `source`: support_idx [E, ways*shots] and
+    query_idx [E, ways*queries], indices into the source's split; batches made on demand."""
+
+    def __init__(self, source: TaskSource, episodes: int) -> None:
+        self.source = source
+        self.support_idx, self.query_idx = source.sample_indices(episodes)
+
+    def __len__(self) -> int:
+        return int(self.support_idx.shape[0])
+
+    def batches(self, batch_size: int, limit: int | None = None) -> Iterator[EpisodeBatch]:
+        """The first `limit` episodes (None: all) in order, `batch_size` at a time, as model inputs
+        on the source's device."""
+        total = len(self) if limit is None else min(limit, len(self))
+        for start in range(0, total, batch_size):
+            end = min(start + batch_size, total)
+            yield self.source.batch_at(self.support_idx[start:end], self.query_idx[start:end])
+
+
+def evaluate(learner: MetaLearner, episodes_from: Union[TaskSource, EpisodeSet], episodes: int,
+             batch_size: int = 50, protocol: Dict[str, Any] | None = None, progress: bool = True,
              desc: str = "eval") -> EvalResult:
     """Adapt on each episode's support set and score its queries; accuracies in %.
 
-    `source` must be freshly seeded for the result to be reproducible.
+    `episodes_from`: a freshly seeded source (its first `episodes` episodes are drawn now) or an
+    `EpisodeSet` drawn earlier (its first `episodes`).
     """
+    fixed = episodes_from if isinstance(episodes_from, EpisodeSet) else EpisodeSet(episodes_from, episodes)
+    if len(fixed) < episodes:
+        raise ValueError(f"the episode set holds {len(fixed)} episodes, fewer than the {episodes} asked for")
     accs: list[torch.Tensor] = []
     bar = Progress(desc, episodes, enabled=progress, log_every=max(batch_size, episodes // 10), unit="episode")
     start = time.perf_counter()
     done = 0
-    while done < episodes:
-        n = min(batch_size, episodes - done)
-        batch = source.sample(n)
+    for batch in fixed.batches(batch_size, episodes):
         accs.append(learner.query_accuracy(batch).detach().double().cpu() * 100.0)
-        done += n
+        done += batch.num_tasks
         bar.update(done, time.perf_counter() - start)
     bar.close()
     all_accs = torch.cat(accs)

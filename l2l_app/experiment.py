@@ -6,6 +6,7 @@ works everywhere at once.  Nothing here names an algorithm: what differs is read
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -24,7 +25,8 @@ from .learner import MetaLearner, Optimizers
 from .registry import DATASETS
 
 #: --engine auto picks the loop below this many tasks per meta-step (one task: nothing to batch;
-#: the crossover measured on an H200 lies between 1 and 4 tasks)
+#: the crossover measured on an H200 lies between 1 and 4 tasks) -- unless the batched step is
+#: captured as a CUDA graph, which beats the loop's op-by-op launches at any meta-batch
 BATCHED_FROM_META_BATCH = 2
 
 
@@ -35,7 +37,8 @@ def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optio
     engine = engine or config.run.engine
     spec = config.spec
     if engine == "auto":
-        if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH:
+        captured = device.type == "cuda" and config.run.cuda_graph is not False and spec.batched is not None
+        if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH and not captured:
             return "loop"
         engine = spec.auto_engine.get(device.type, "loop")
         return engine if engine in spec.engines else "loop"
@@ -43,6 +46,22 @@ def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optio
     if problem:
         raise ConfigError(problem)
     return engine
+
+
+def resolve_cuda_graph(config: ExperimentConfig, device: torch.device, engine: str) -> bool:
+    """--cuda-graph: capture the batched meta-step as one CUDA graph (`engine.graphs`).  None (the
+    default) -> on exactly when the batched engine runs on a GPU: the captured step computes what the
+    eager one does, launched once instead of hundreds of times (benchmarks/results/gpu-*/)."""
+    wanted = config.run.cuda_graph
+    if wanted is None:
+        return device.type == "cuda" and engine == "batched"
+    if wanted and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph needs a GPU, but this run is on {device}; pass --device cuda or drop "
+                          f"--cuda-graph")
+    if wanted and engine != "batched":
+        raise ConfigError(f"--cuda-graph captures the batched engine's meta-step, but {config.algo} runs on the "
+                          f"{engine} engine here; pass --engine batched or drop --cuda-graph")
+    return bool(wanted)
 
 
 def resolve_sampler(sampler: str, engine: str) -> str:
@@ -107,6 +126,8 @@ class Experiment:
     model: nn.Module
     learner: MetaLearner
     preprocessing: Preprocessing
+    #: train through `engine.graphs.CapturedMetaGradient` (`resolve_cuda_graph`)
+    cuda_graph: bool = False
 
     @classmethod
     def build(cls, config: ExperimentConfig, device: Optional[str] = None, engine: Optional[str] = None,
@@ -131,7 +152,7 @@ class Experiment:
         model = build_model(config, preprocessing.input_shape).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
         return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner,
-                   preprocessing)
+                   preprocessing, resolve_cuda_graph(config, dev, chosen))
 
     @classmethod
     def from_run(cls, run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None,
@@ -156,6 +177,8 @@ class Experiment:
             trained = load_config(run_dir)
             config = trained if config is None else config
             preprocessing = load_preprocessing(run_dir, trained) if preprocessing is None else preprocessing
+        # evaluation never captures a training step: the run's --cuda-graph does not bind the device here
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=None))
         x = cls.build(config, device=device, engine=engine, sampler=sampler, preprocessing=preprocessing)
         path = checkpoint_path(run_dir, checkpoint)
         digest = file_sha256(path) if path.is_file() else None
@@ -163,6 +186,35 @@ class Experiment:
         x.learner.load_state_dict(learner_state(state))
         return x, {"step": int(state["step"]), "checkpoint": checkpoint, "checkpoint_path": path,
                    "checkpoint_sha256": digest}
+
+    def evaluation_learner(self, engine: Optional[str] = None) -> MetaLearner:
+        """What scores evaluation episodes: `engine`, by default the one measured faster at scoring
+        episodes on this device (`AlgorithmSpec.eval_engine`: the batched engine's vmap over the
+        episodes on a GPU), whatever engine trained.  Another engine than the learner's is a twin
+        on the same model holding the learner's extra state as of now (Meta-SGD's rates).  The
+        engines agree to rounding (float64 parity tests)."""
+        spec = self.config.spec
+        engine = engine or spec.eval_engine.get(self.device.type, self.engine)
+        if engine == self.engine or engine not in spec.engines:
+            return self.learner
+        twin = build_learner(self.config, self.model, engine, compile=False)
+        twin.load_extra_state(self.learner.extra_state())
+        return twin
+
+    def describe_execution(self) -> str:
+        """How the meta-steps run, and why (what `run.json` records)."""
+        c = self.config.run
+        how = [f"{self.engine} engine", f"{self.sampler} sampler", str(self.device)]
+        if self.engine == "batched":
+            how += ["torch.compile" if c.compile else "eager kernels",
+                    "one CUDA graph per step" if self.cuda_graph else "launched op by op"]
+        why = []
+        if c.engine == "auto":
+            why.append(f"--engine auto: {self.engine} (measured faster for {self.config.algo} on {self.device.type} "
+                       f"at this meta-batch)")
+        if c.cuda_graph is None and self.cuda_graph:
+            why.append("--cuda-graph by default with the batched engine on a GPU")
+        return ", ".join(how) + (f" [{'; '.join(why)}]" if why else "")
 
     @property
     def dataset(self) -> Dataset:

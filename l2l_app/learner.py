@@ -6,8 +6,10 @@ An algorithm is one module under `l2l_app/algorithms/` that holds its settings d
 Everything else (config, CLI, experiment builder, trainer, evaluation, bench, report, tests)
 reads `l2l_app.registry.ALGORITHMS`.
 
-The learner contract: `meta_step(batch)` fills `.grad` on `meta_parameters()` (mean over the
-batch's tasks) and returns metrics; it never steps an optimiser.  MAML and ProtoNet
+The learner contract: `meta_gradient(batch)` fills `.grad` on `meta_parameters()` (mean over the
+batch's tasks) and returns its metrics as 0-d tensors on the device, without a host
+synchronisation (so a step can be queued, or captured in a CUDA graph, and read later);
+`meta_step(batch)` is the same with the metrics read as floats.  Neither steps an optimiser.  MAML and ProtoNet
 backpropagate the query loss; Reptile writes theta - mean(adapted theta) into `.grad` and is
 stepped by plain SGD with lr = epsilon.  `state_dict()` covers everything a learner learns or
 draws (the model, Meta-SGD's learning rates, Reptile's mini-batch generator), so checkpoints,
@@ -39,21 +41,39 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 TaskLogits = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: a meta-step's metrics: 'loss' and 'accuracy' (means over the tasks; accuracy a fraction) as 0-d
+#: float64 tensors on the device
+StepMetrics = Dict[str, torch.Tensor]
 
 
-def backprop_query_losses(batch: EpisodeBatch, task_logits: TaskLogits) -> Dict[str, float]:
+class QueryMetrics:
+    """Running sums of per-task query losses and accuracies, kept on the device (float64)."""
+
+    def __init__(self) -> None:
+        self.loss: torch.Tensor | float = 0.0
+        self.accuracy: torch.Tensor | float = 0.0
+
+    def add(self, losses: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """losses [...] (one per task), logits [..., Nq, ways], labels [..., Nq]."""
+        self.loss = self.loss + losses.detach().double().sum()
+        self.accuracy = self.accuracy + accuracy(logits.detach(), labels).double().sum()
+
+    def means(self, num_tasks: int) -> StepMetrics:
+        return {"loss": self.loss / num_tasks, "accuracy": self.accuracy / num_tasks}
+
+
+def backprop_query_losses(batch: EpisodeBatch, task_logits: TaskLogits) -> StepMetrics:
     """The per-task loop of the loss-backpropagating learners: for each task, query logits
     `task_logits(support_x, support_y, query_x)` [Nq, ways], cross-entropy, backward of loss / B
     (so `.grad` accumulates the mean over tasks, and each task's graph is freed at once).
-    Returns the mean query loss and accuracy."""
-    total_loss, total_acc = 0.0, 0.0
+    Returns the mean query loss and accuracy (device scalars)."""
+    totals = QueryMetrics()
     for sx, sy, qx, qy in batch.tasks():
         logits = task_logits(sx, sy, qx)
         loss = F.cross_entropy(logits, qy)
         (loss / batch.num_tasks).backward()
-        total_loss += loss.item()
-        total_acc += accuracy(logits.detach(), qy).item()
-    return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
+        totals.add(loss, logits, qy)
+    return totals.means(batch.num_tasks)
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -143,8 +163,19 @@ class MetaLearner(abc.ABC):
         self.load_extra_state({k: v for k, v in state.items() if k != "model"})
 
     @abc.abstractmethod
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
-        """Fill `.grad` of the meta-parameters for `batch`; return {'loss', 'accuracy'} (means over tasks)."""
+    def meta_gradient(self, batch: EpisodeBatch, **inputs: torch.Tensor) -> StepMetrics:
+        """Fill `.grad` of the meta-parameters for `batch`; return {'loss', 'accuracy'} (means over
+        tasks) as device scalars, with no host synchronisation.  `inputs`: the tensors of
+        `step_inputs(batch)` (none for most learners)."""
+
+    def meta_step(self, batch: EpisodeBatch, **inputs: torch.Tensor) -> Dict[str, float]:
+        """`meta_gradient` with its metrics read as floats (one host synchronisation)."""
+        return {k: float(v) for k, v in self.meta_gradient(batch, **inputs).items()}
+
+    def step_inputs(self, batch: EpisodeBatch) -> Dict[str, torch.Tensor]:
+        """Tensors a meta-step draws besides the batch (Reptile's mini-batch schedule), on the
+        batch's device: a captured step (`engine.graphs`) copies them in like the batch."""
+        return {}
 
     @abc.abstractmethod
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
@@ -182,6 +213,8 @@ class AlgorithmSpec:
     head: the model is the backbone plus a linear layer over `ways` classes, so training and
     evaluation episodes must have that many classes (False: the backbone alone, any ways).
     auto_engine: device type -> engine that `--engine auto` picks (measured with `l2l-app bench`).
+    eval_engine: device type -> engine that scores evaluation episodes, whatever engine trained
+    (measured by benchmarks/eval_engines.py; results in benchmarks/results/*/eval_engines.json).
     """
 
     name: str
@@ -192,6 +225,7 @@ class AlgorithmSpec:
     head: bool = True
     optimizer: MetaOptimizer = ADAM
     auto_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
+    eval_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
     aliases: Mapping[str, Alias] = field(default_factory=dict)
     #: settings (flat names) of a short CPU run on Omniglot 5-way that learns visibly in seconds:
     #: the learning tests of every registered algorithm run it

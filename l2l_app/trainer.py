@@ -20,15 +20,16 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
-from . import runtime
+from . import distributed, runtime
 from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
 from .config import SPLITS, ExperimentConfig, resolve, train_shape_flags, validate, with_overrides
-from .data.types import DATA_OPTIONS, VECTORS
+from .data.types import DATA_OPTIONS, VECTORS, EpisodeBatch
 from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
-from .evaluation import EvalResult, evaluate
+from .evaluation import EpisodeSet, EvalResult, evaluate
 from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
+from .engine.graphs import CapturedMetaGradient
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
 from .progress import Progress
 from .fileio import read_json, write_json
@@ -137,10 +138,13 @@ class Trainer:
         runtime.seed_everything(validate(config).run.seed)  # before the model's weights are drawn
         config = resolve(config)
         runtime.resolve_device(config.run.device)  # a missing device is refused before any decoding
+        self.world = distributed.join(config.run.device, config.optim.meta_batch)  # torchrun: this rank's group
+        progress = progress and self.world.is_main  # rank 0 alone reports
         self.resume = resume
         self.progress = progress
         self.on_step = on_step
         self._stop_signal: Optional[int] = None
+        self._signal_seen: Optional[int] = None  # under torchrun: acted on by every rank at once (_meta_step)
         self._tensorboard_class = _open_tensorboard(config.run.tensorboard)
         self._tensorboard = None
 
@@ -152,17 +156,20 @@ class Trainer:
         self.class_lists = list_classes(dataset, config.data.data_root)
         self.preprocessing = (load_preprocessing(self.run_dir, config) if resume
                               else Preprocessing.for_run(dataset, self.train_split))
-        self.experiment = Experiment.build(config, meta_batch=config.optim.meta_batch,
+        self.experiment = Experiment.build(config, device=self.world.device_name, meta_batch=config.optim.meta_batch,
                                            preprocessing=self.preprocessing)
         self.config = self.experiment.config
 
         c, x = self.config, self.experiment
         self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
         self.model, self.learner = x.model, x.learner
+        #: the meta-gradient as one CUDA graph (--cuda-graph; on by default with the batched engine on a GPU;
+        #: under torchrun each rank's slice is computed op by op, between the all-reduces)
+        self.captured = CapturedMetaGradient(self.learner) if x.cuda_graph and not self.world.distributed else None
 
         self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=train_shape_flags(c))
-        # Build once to validate the evaluation episode shape against the validation split.
-        self._val_source()
+        # The validation episodes, drawn once (this also checks the evaluation shape against the split).
+        self._val_set = EpisodeSet(self._val_source(), c.run.val_episodes)
         x.fit_chunk_size(self.train_split)
         self.optimizer, self.scheduler = build_optimizer(c, self.learner)
         self.step = 0
@@ -176,8 +183,12 @@ class Trainer:
             self._apply(state)
             self.status = self._nothing_to_do()
         self.files: Optional[RunDirectory] = None
+        self.world.check_launch(c, self.step, (self.train_split, self.val_split))  # torchrun: ranks agree
         if self.status != "trained":
             return  # a finished run, or one whose budget is spent: leave it untouched
+        if not self.world.is_main:  # rank 0 alone writes the run directory
+            self.files, self._tensorboard_class = distributed.NoRunDirectory(self.run_dir), None
+            return
         # ---- everything is checked: only now touch the disk -------------------------------------
         self.files = RunDirectory(self.run_dir, mode)
         try:
@@ -190,16 +201,21 @@ class Trainer:
                     write_json(self.files.file(SPLITS_FILE), self.class_lists)
                 write_json(self.files.file(RUN_INFO_FILE), {
                     "engine": self.engine, "sampler": self.sampler, "device": str(self.device),
+                    "cuda_graph": self.captured is not None,
+                    "compile": bool(c.run.compile and self.engine == "batched"),
+                    "execution": self.experiment.describe_execution(),
                     "chunk_size": getattr(self.learner, "chunk_size", None), "accuracy_unit": ACCURACY_UNIT,
                     "environment": runtime.environment(), "bad_images": len(self.bad_images),
-                    "skipped_images": self.bad_images})
+                    "skipped_images": self.bad_images, **self.world.describe()})
         except BaseException:
             self._close(committed=False)
             raise
 
     # ---- pieces -------------------------------------------------------------
     def _val_source(self):
-        return self.experiment.task_source(self.val_split, self.experiment.eval_shape, self.config.eval.eval_seed)
+        """learn2learn's sampler whatever the engine: every engine validates on the same episodes."""
+        return self.experiment.task_source(self.val_split, self.experiment.eval_shape, self.config.eval.eval_seed,
+                                           sampler="l2l")
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -221,6 +237,8 @@ class Trainer:
 
     def save(self, name: str) -> None:
         """Write checkpoints/<name>.pt atomically; the first one swaps a staged --overwrite run in."""
+        if not self.world.is_main:
+            return
         self.checkpoint_dir.mkdir(exist_ok=True)
         save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pt")
         self.files.commit()
@@ -282,6 +300,8 @@ class Trainer:
             write_json(info_path, {**info, "accuracy_unit": ACCURACY_UNIT})
 
     def _log(self, record: Dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         path = self.files.file(METRICS_FILE)
         try:
             with open(path, "a") as f:
@@ -298,11 +318,26 @@ class Trainer:
 
     def validate_now(self) -> EvalResult:
         c = self.config
-        return evaluate(self.learner, self._val_source(), c.run.val_episodes,
+        return evaluate(self.world.sharded(self.experiment.evaluation_learner()), self._val_set, c.run.val_episodes,
                         protocol={"split": "val"}, progress=False)
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal API
-        self._stop_signal = signum
+        if self.world.distributed:
+            self._signal_seen = signum  # every rank stops after the same step: see _meta_step
+        else:
+            self._stop_signal = signum
+
+    def _meta_step(self, batch: EpisodeBatch) -> Dict[str, Any]:
+        """The meta-gradient of the global meta-batch in `.grad` and its metrics: under torchrun this
+        rank's slice of the tasks, all-reduced across the ranks, with the stop decision of every rank.
+        One process: the metrics stay on the device (read by `_read_metrics`), and the step is the
+        captured CUDA graph when there is one."""
+        if not self.world.distributed:
+            return self.captured(batch) if self.captured is not None else self.learner.meta_gradient(batch)
+        metrics, stop = self.world.meta_step(self.learner, batch, self._signal_seen)
+        if stop is not None:
+            self._stop_signal = stop
+        return metrics
 
     def _summary(self, stopped_by_budget: bool = False) -> TrainSummary:
         stale = 0
@@ -331,6 +366,9 @@ class Trainer:
         if self._tensorboard_class is not None:
             self._tensorboard = self._tensorboard_class(log_dir=str(self.files.file(TENSORBOARD_DIR)))
         start = time.perf_counter() - self.elapsed
+        #: (step, metrics as device scalars, lr, seconds) of the steps not yet read (`_read_metrics`)
+        self._queued: list = []
+        self._last_metrics: Optional[Dict[str, float]] = None
         last_save = time.perf_counter()
         stopped_by_budget = False
         budget = None if c.run.time_budget is None else 60 * c.run.time_budget
@@ -339,17 +377,8 @@ class Trainer:
         try:
             while self.step < c.optim.iterations:
                 batch = self.train_source.sample(c.optim.meta_batch)
-                metrics = self.learner.meta_step(batch)
-                if not self._finite(metrics):
-                    if not c.run.skip_nonfinite:
-                        last = self.run_dir / CHECKPOINT_DIR / "last.pt"
-                        kept = f"keeping the last good checkpoint in {last}" if self.checkpoint_dir.joinpath(
-                            "last.pt").is_file() else "no checkpoint had been written yet"
-                        if self.files.staged:
-                            kept += f"; the run that was in {self.run_dir} is left as it was"
-                        raise NonFiniteLossError(
-                            f"loss became {metrics['loss']} at step {self.step + 1}; stopped, {kept} "
-                            f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
+                metrics = self._meta_step(batch)  # device scalars: read in _read_metrics, every few steps
+                if c.run.skip_nonfinite and not self._finite(metrics):  # read now: this step is skipped
                     self.skipped += 1
                     self.learner.zero_grad()
                 else:
@@ -363,22 +392,26 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 self.elapsed = time.perf_counter() - start
-                accuracy = 100.0 * metrics["accuracy"]
-                self._log({"kind": "train", "step": self.step, "loss": metrics["loss"],
-                           "accuracy": accuracy, "lr": lr, "time": round(self.elapsed, 3)})
-                if self.on_step is not None:
-                    self.on_step(self.step, metrics)
+                self._queued.append((self.step, metrics, lr, round(self.elapsed, 3)))
 
-                out_of_time = budget is not None and self.elapsed >= budget
+                out_of_time = budget is not None and self.world.any(self.elapsed >= budget)  # one clock for all ranks
                 finished = self.step >= c.optim.iterations or out_of_time
-                if self.step % c.run.val_every == 0 or finished:
-                    self._validate_and_keep_best()
-                bar.update(self.step, self.elapsed, {
-                    "loss": f"{metrics['loss']:.3f}", "acc": f"{accuracy:.1f}%",
-                    "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
+                validate = self.step % c.run.val_every == 0 or finished
                 minutes = c.run.checkpoint_minutes
                 due = (self.step % c.run.checkpoint_every == 0 or finished or self._stop_signal is not None
                        or (minutes is not None and time.perf_counter() - last_save >= 60 * minutes))
+                # read before anything is validated or saved (stops at a non-finite loss); under torchrun
+                # every step, so that every rank stops at the same one (the metrics are host floats there)
+                if (validate or due or self.on_step is not None or self.step % c.run.log_every == 0
+                        or self.world.distributed):
+                    self._read_metrics()
+                if validate:
+                    self._validate_and_keep_best()
+                last = self._last_metrics
+                bar.update(self.step, self.elapsed, {
+                    "loss": "-" if last is None else f"{last['loss']:.3f}",
+                    "acc": "-" if last is None else f"{last['accuracy']:.1f}%",
+                    "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
                 if due:
                     self.save("last")
                     last_save = time.perf_counter()
@@ -397,10 +430,38 @@ class Trainer:
         return self._summary(stopped_by_budget)
 
     @staticmethod
-    def _finite(metrics: Dict[str, float]) -> bool:
-        return math.isfinite(metrics["loss"])
+    def _finite(metrics: Dict[str, Any]) -> bool:
+        return math.isfinite(float(metrics["loss"]))
+
+    def _read_metrics(self) -> None:
+        """Read the queued steps' metrics (device scalars: one host synchronisation for all of them),
+        log one row per step, and stop at the first non-finite loss -- before any validation or
+        checkpoint can see its parameters (unless --skip-nonfinite, which checks every step)."""
+        queued, self._queued = self._queued, []
+        if not queued:
+            return
+        device = self.device
+        values = torch.stack([torch.as_tensor(m[k], dtype=torch.float64, device=device)
+                              for _, m, _, _ in queued for k in ("loss", "accuracy")]).tolist()
+        for n, (step, _, lr, seconds) in enumerate(queued):
+            loss, accuracy = values[2 * n], 100.0 * values[2 * n + 1]
+            if not math.isfinite(loss) and not self.config.run.skip_nonfinite:
+                last = self.run_dir / CHECKPOINT_DIR / "last.pt"
+                kept = f"keeping the last good checkpoint in {last}" if self.checkpoint_dir.joinpath(
+                    "last.pt").is_file() else "no checkpoint had been written yet"
+                if self.files.staged:
+                    kept += f"; the run that was in {self.run_dir} is left as it was"
+                raise NonFiniteLossError(
+                    f"loss became {loss} at step {step}; stopped, {kept} "
+                    f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
+            self._log({"kind": "train", "step": step, "loss": loss, "accuracy": accuracy, "lr": float(lr),
+                       "time": seconds})
+            self._last_metrics = {"loss": loss, "accuracy": accuracy}
+            if self.on_step is not None:
+                self.on_step(step, {"loss": loss, "accuracy": accuracy / 100.0})
 
     def _validate_and_keep_best(self) -> None:
+        self.world.check_parameters(self.learner.meta_parameters(), self.step)  # torchrun: ranks still agree
         result = self.validate_now()
         self._log({"kind": "val", "step": self.step, "val_accuracy": result.mean,
                    "val_ci95": result.ci95, "time": round(self.elapsed, 3)})
@@ -410,8 +471,8 @@ class Trainer:
 
 
 #: the settings `train --resume` may change; everything else would make the resumed run a different one
-RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "val_every", "checkpoint_every", "checkpoint_minutes",
-                     "log_every", "tensorboard")
+RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "cuda_graph", "val_every", "checkpoint_every",
+                     "checkpoint_minutes", "log_every", "tensorboard")
 
 
 def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
@@ -463,8 +524,9 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
-    x, loaded = Experiment.from_run(run_dir, checkpoint, device=device, engine=engine, config=config,
-                                    preprocessing=preprocessing)
+    world = distributed.join(device or config.run.device)  # torchrun: episodes split by rank, results gathered
+    x, loaded = Experiment.from_run(run_dir, checkpoint, device=world.device_name or device, engine=engine,
+                                    config=config, preprocessing=preprocessing)
     step = loaded["step"]
     data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
@@ -480,8 +542,11 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if other:
         protocol["cross_domain"] = {"trained_on": trained.data.dataset, "dataset": config.data.dataset,
                                     "data_root": config.data.data_root}
-    result = evaluate(x.learner, source, episodes, protocol=protocol, progress=progress, desc=f"eval {split}")
-    if save:
+    scorer = x.evaluation_learner()
+    protocol["scored_by"] = f"{scorer.engine} engine"
+    result = evaluate(world.sharded(scorer), source, episodes, protocol=protocol,
+                      progress=progress and world.is_main, desc=f"eval {split}")
+    if save and world.is_main:
         write_json(out, result.to_dict(with_accuracies=True))
     return result
 

@@ -35,14 +35,14 @@ def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     def poisoned(*args, **kw):
         learner = real(*args, **kw)
         step = {"n": 0}
-        original = learner.meta_step
+        original = learner.meta_gradient
 
-        def meta_step(batch):
+        def meta_gradient(batch):
             step["n"] += 1
             metrics = original(batch)
-            return {**metrics, "loss": float("nan")} if step["n"] == 4 else metrics
+            return {**metrics, "loss": metrics["loss"] * float("nan")} if step["n"] == 4 else metrics
 
-        learner.meta_step = meta_step
+        learner.meta_gradient = meta_gradient
         return learner
 
     monkeypatch.setattr(experiment, "build_learner", poisoned)
@@ -50,6 +50,12 @@ def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     with pytest.raises(NonFiniteLossError, match="loss became nan at step 4"):
         Trainer(config(iterations=10), run_dir, progress=False).fit()
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
+    # Metrics are read every few steps (no host synchronisation per step), but always before a
+    # checkpoint: the first one due after the bad step is never written, and the message names step 4.
+    late = tmp_path / "late"
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 4; stopped, no checkpoint had been"):
+        Trainer(config(iterations=10, checkpoint_every=5, val_every=5, log_every=100), late, progress=False).fit()
+    assert not (late / "checkpoints" / "last.pt").exists()
     skipping = tmp_path / "skip"
     summary = Trainer(config(iterations=6, skip_nonfinite=True), skipping, progress=False).fit()
     assert summary.steps == 6 and summary.skipped_steps == 1

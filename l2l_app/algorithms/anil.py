@@ -36,7 +36,8 @@ from torch.func import functional_call, vmap
 from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, Params, activation_bytes, parameter_bytes, task_losses
-from ..learner import AlgorithmSpec, MetaLearner, accuracy, backprop_query_losses, register
+from ..learner import (AlgorithmSpec, MetaLearner, QueryMetrics, StepMetrics, accuracy, backprop_query_losses,
+                       register)
 from .maml import MAML, BatchedMAML, MAMLSettings
 
 
@@ -84,7 +85,7 @@ class ANIL(MetaLearner):
         head = self.head_learner.adapted(self.body(support_x), support_y, s.inner_steps, s.first_order)
         return head(self.body(query_x))
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         return backprop_query_losses(batch, self._query_logits)
 
@@ -144,18 +145,17 @@ class BatchedANIL(BatchedLearner):
         with batchnorm_mode(self.body, self.bn_impl, tasks=chunk.num_tasks):
             return fn(head, chunk.support_x, chunk.support_y, chunk.query_x, steps, first_order)
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         b, s = batch.num_tasks, self.settings
         head = self.head_params()
-        total_loss, total_acc = 0.0, 0.0
+        totals = QueryMetrics()
         for _, chunk in self.chunks(batch):
             logits = self._logits(head, chunk, s.inner_steps, s.first_order)
             losses = task_losses(logits, chunk.query_y)
             (losses.sum() / b).backward()
-            total_loss += losses.detach().sum().item()
-            total_acc += accuracy(logits.detach(), chunk.query_y).sum().item()
-        return {"loss": total_loss / b, "accuracy": total_acc / b}
+            totals.add(losses, logits, chunk.query_y)
+        return totals.means(b)
 
     def _eval_logits(self, chunk: EpisodeBatch) -> torch.Tensor:
         """Query logits [B, Nq, ways] after `test_inner_steps` first-order head steps (no meta-gradient)."""

@@ -26,8 +26,8 @@ from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, Params, activation_bytes, parameter_bytes
 from ..settings import INNER_STEPS, RATE, Limit, setting
-from ..learner import (AlgorithmSettings, AlgorithmSpec, Alias, MetaLearner, accuracy, backprop_query_losses,
-                   register)
+from ..learner import (AlgorithmSettings, AlgorithmSpec, Alias, MetaLearner, QueryMetrics, StepMetrics, accuracy,
+                       backprop_query_losses, register)
 
 if TYPE_CHECKING:  # learn2learn is imported when a loop learner is built (slow: torchvision)
     import learn2learn as l2l
@@ -76,7 +76,7 @@ class MAML(MetaLearner):
             learner.adapt(F.cross_entropy(learner(support_x), support_y), first_order=first_order)
         return learner
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         s = self.settings
         return backprop_query_losses(
@@ -133,20 +133,19 @@ class BatchedMAML(BatchedLearner):
             return self._task_query(params, sx_, sy_, qx_, qy_, steps, first_order)
         return vmap(task)(sx, sy, qx, qy)
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         b = batch.num_tasks
         params = self.params()
         fn = self.compiled("query", self._batched_query)
-        total_loss, total_acc = 0.0, 0.0
+        totals = QueryMetrics()
         with batchnorm_mode(self.model, self.bn_impl):
             for _, c in self.chunks(batch):
                 losses, logits = fn(params, c.support_x, c.support_y, c.query_x, c.query_y,
                                     self.settings.inner_steps, self.settings.first_order)
                 (losses.sum() / b).backward()
-                total_loss += losses.detach().sum().item()
-                total_acc += accuracy(logits.detach(), c.query_y).sum().item()
-        return {"loss": total_loss / b, "accuracy": total_acc / b}
+                totals.add(losses, logits, c.query_y)
+        return totals.means(b)
 
     def _eval_logits(self, sx, sy, qx, qy) -> torch.Tensor:
         params = self.detached_params()

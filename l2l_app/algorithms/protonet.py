@@ -12,7 +12,6 @@ output layer), so a trained ProtoNet classifies episodes of any number of classe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,8 @@ from torch import nn
 from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, activation_bytes, task_losses
-from ..learner import AlgorithmSettings, AlgorithmSpec, MetaLearner, accuracy, backprop_query_losses, register
+from ..learner import (AlgorithmSettings, AlgorithmSpec, MetaLearner, QueryMetrics, StepMetrics, accuracy,
+                       backprop_query_losses, register)
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ProtoNet(MetaLearner):
     def __init__(self, model: nn.Module, settings: ProtoNetSettings = ProtoNetSettings(), seed: int = 0) -> None:
         super().__init__(model, settings)
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         return backprop_query_losses(
             batch, lambda sx, sy, qx: episode_logits(self.model, sx, sy, qx, batch.ways))
@@ -102,17 +102,16 @@ class BatchedProtoNet(BatchedLearner):
         with batchnorm_mode(self.model, self.bn_impl, tasks=sx.shape[0]):
             return fn(sx, sy, qx, ways)
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> StepMetrics:
         self.zero_grad()
         b = batch.num_tasks
-        total_loss, total_acc = 0.0, 0.0
+        totals = QueryMetrics()
         for _, chunk in self.chunks(batch):
             logits = self._folded_logits(chunk.support_x, chunk.support_y, chunk.query_x, batch.ways)
             losses = task_losses(logits, chunk.query_y)
             (losses.sum() / b).backward()
-            total_loss += losses.detach().sum().item()
-            total_acc += accuracy(logits.detach(), chunk.query_y).sum().item()
-        return {"loss": total_loss / b, "accuracy": total_acc / b}
+            totals.add(losses, logits, chunk.query_y)
+        return totals.means(b)
 
     def predict(self, support_x, support_y, query_x, ways):
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 Per task: copy the meta-weights theta, run k inner steps of SGD or Adam (beta1 = 0, as in the
 paper) on mini-batches of the task's support set, giving theta~.  The meta update
-theta <- theta + eps * mean(theta~ - theta) is expressed as a gradient: `meta_step` writes
+theta <- theta + eps * mean(theta~ - theta) is expressed as a gradient: `meta_gradient` writes
 theta - mean(theta~) into `.grad`, and the meta-optimiser is plain SGD with lr = eps, linearly
 annealed from --meta-lr to --meta-lr-final.  The inner optimiser state starts fresh for every task.
 
@@ -27,7 +27,8 @@ from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, Params, activation_bytes, adam_adapt, parameter_bytes, sgd_adapt, task_losses
 from ..settings import FLOAT32_MAX, INNER_STEPS, RATE, Limit, setting
-from ..learner import AlgorithmSettings, AlgorithmSpec, MetaLearner, MetaOptimizer, Optimizers, accuracy, register
+from ..learner import (AlgorithmSettings, AlgorithmSpec, MetaLearner, MetaOptimizer, Optimizers, QueryMetrics,
+                       StepMetrics, accuracy, register)
 
 ADAM_BETAS = (0.0, 0.999)
 ADAM_EPS = 1e-8
@@ -140,11 +141,15 @@ class _MinibatchGenerator:
         return minibatch_schedule(batch.num_tasks, batch.support_x.shape[1], self.settings.inner_batch,
                                   self.settings.inner_steps, self.generator)
 
+    def step_inputs(self, batch: EpisodeBatch) -> Dict[str, torch.Tensor]:
+        """The meta-step's mini-batch schedule [B, inner_steps, inner_batch], drawn now, on the batch's device."""
+        return {"schedule": self.schedule(batch).to(batch.support_x.device)}
+
     def extra_state(self) -> Dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())  # a checkpoint mapped to a GPU holds it there
 
 
 class Reptile(_MinibatchGenerator, MetaLearner):
@@ -166,25 +171,24 @@ class Reptile(_MinibatchGenerator, MetaLearner):
             opt.step()
         return fast
 
-    def meta_step(self, batch: EpisodeBatch, schedule: torch.Tensor | None = None) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch, schedule: torch.Tensor | None = None) -> StepMetrics:
         """schedule: optional [B, steps, inner_batch] mini-batch indices (drawn from self.generator if None)."""
         self.zero_grad()
         if schedule is None:
             schedule = self.schedule(batch)
         meta = list(self.model.parameters())
         deltas = [torch.zeros_like(p) for p in meta]
-        total_loss, total_acc = 0.0, 0.0
+        totals = QueryMetrics()
         for i, (sx, sy, qx, qy) in enumerate(batch.tasks()):
             fast = self.adapt(sx, sy, schedule[i])
             for d, p, q in zip(deltas, meta, fast.parameters()):
                 d += (p.detach() - q.detach()) / batch.num_tasks
             with torch.no_grad():
                 logits = query_logits(fast, sx, qx, self.settings.transductive)
-                total_loss += F.cross_entropy(logits, qy).item()
-                total_acc += accuracy(logits, qy).item()
+                totals.add(F.cross_entropy(logits, qy), logits, qy)
         for p, d in zip(meta, deltas):
             p.grad = d
-        return {"loss": total_loss / batch.num_tasks, "accuracy": total_acc / batch.num_tasks}
+        return totals.means(batch.num_tasks)
 
     def predict(self, support_x, support_y, query_x, ways):
         fast = self.adapt(support_x, support_y, evaluation_schedule(support_x.shape[0], self.settings)[0])
@@ -240,7 +244,7 @@ class BatchedReptile(_MinibatchGenerator, BatchedLearner):
         with batchnorm_mode(self.model, self.bn_impl), torch.no_grad():
             return fn(self.detached_params(), sx[rows, idx], sy[rows, idx])
 
-    def meta_step(self, batch: EpisodeBatch, schedule: torch.Tensor | None = None) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch, schedule: torch.Tensor | None = None) -> StepMetrics:
         """schedule: optional [B, steps, inner_batch] mini-batch indices (drawn from self.generator if None)."""
         self.zero_grad()
         b = batch.num_tasks
@@ -248,18 +252,17 @@ class BatchedReptile(_MinibatchGenerator, BatchedLearner):
             schedule = self.schedule(batch)
         meta = self.detached_params()
         deltas = {k: torch.zeros_like(p) for k, p in meta.items()}
-        total_loss, total_acc = 0.0, 0.0
+        totals = QueryMetrics()
         for start, c in self.chunks(batch):
             fast = self._adapted(c.support_x, c.support_y, schedule[start:start + c.num_tasks])
             with torch.no_grad():
                 for k in deltas:
                     deltas[k] += ((meta[k] - fast[k]) / b).sum(dim=0)
                 logits = self._query_logits(fast, c.support_x, c.query_x)
-                total_loss += task_losses(logits, c.query_y).sum().item()
-                total_acc += accuracy(logits, c.query_y).sum().item()
+                totals.add(task_losses(logits, c.query_y), logits, c.query_y)
         for k, p in self.model.named_parameters():
             p.grad = deltas[k]
-        return {"loss": total_loss / b, "accuracy": total_acc / b}
+        return totals.means(b)
 
     def _eval_logits(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
         # Like the loop's predict: one schedule, the same for every task.

@@ -7,8 +7,16 @@ Implementations (``--impl``):
   computing MAML (Torchmeta itself pins torch<1.10); MAML/FOMAML only;
 * ``batched``: the algorithm's batched learner (torch.func); ``batched-compiled``: the same under
   `torch.compile`; ``batched-cudagraphs``: under `torch.compile(mode="reduce-overhead")` (CUDA
-  graphs; GPU only in practice).  A compiled impl's first call, compilation included, is
-  reported as ``compile_s``.
+  graphs of the compiled region; GPU only in practice).  A compiled impl's first call,
+  compilation included, is reported as ``compile_s``.
+* ``batched-captured``: the whole meta-gradient captured as one CUDA graph and replayed
+  (`engine.graphs.CapturedMetaGradient`, what training uses on a GPU); ``batched-compiled-captured``:
+  the compiled kernels inside that graph.  Its first calls run eagerly (warm-up), the capture
+  happens during the warm-up calls, and its gradient column is measured on a replay.
+
+Modes: ``compute only`` times the meta-gradient on one fixed meta-batch; ``end to end`` times what
+a training step does: draw the meta-batch (the impl's sampler), the meta-gradient, and the
+algorithm's optimiser step.
 
 Every implementation starts from a deep copy of one initialised model and sees the same
 meta-batch.  Its first call gives the meta-gradient, compared with the loop's (relative L2);
@@ -43,13 +51,18 @@ from ..config import ExperimentConfig, resolve, validate, with_overrides
 from ..data import EpisodeBatch, SplitData, build_task_source
 from ..data.types import IMAGES
 from ..errors import ConfigError
+from ..engine.graphs import CapturedMetaGradient
 from ..experiment import build_learner, build_model, load_config_split
 from ..registry import DATASETS
 from . import torchmeta_style
 
-IMPLS = ("loop", "torchmeta", "batched", "batched-compiled", "batched-cudagraphs")
+IMPLS = ("loop", "torchmeta", "batched", "batched-compiled", "batched-cudagraphs", "batched-captured",
+         "batched-compiled-captured")
 #: torch.compile mode of each compiled impl
-COMPILE_MODES = {"batched-compiled": "default", "batched-cudagraphs": "reduce-overhead"}
+COMPILE_MODES = {"batched-compiled": "default", "batched-cudagraphs": "reduce-overhead",
+                 "batched-compiled-captured": "default"}
+#: the impls whose meta-gradient is one captured CUDA graph (engine.graphs)
+CAPTURED = ("batched-captured", "batched-compiled-captured")
 SWEEPABLE = {"meta-batch": "meta_batch", "inner-steps": "inner_steps"}
 
 
@@ -353,14 +366,19 @@ class Bench:
             self.progress(f"[bench] {label}{impl:<17} {out['status']}: {skip}")
             return out
         batch = self.batch(mb)
+        meta_gradient = CapturedMetaGradient(learner) if impl in CAPTURED else learner.meta_gradient
         fn: Callable[[], Any]
         if end_to_end:
             source = build_task_source(sampler_kind(impl), self.split, self.s.ways, self.s.shots,
                                        self.s.queries, seed=self.s.seed, device=self.device)
             out["sampler"] = sampler_kind(impl)
-            fn = lambda: learner.meta_step(source.sample(mb))  # noqa: E731
+            optimizer, _ = config.spec.optimizer.build(learner.meta_parameters(), config.optim, config.algorithm)
+
+            def fn() -> None:
+                meta_gradient(source.sample(mb))
+                optimizer.step()
         else:
-            fn = lambda: learner.meta_step(batch)  # noqa: E731
+            fn = lambda: meta_gradient(batch)  # noqa: E731
         try:
             with MemoryMeter(self.device) as mem:
                 self.sync()
@@ -370,6 +388,11 @@ class Bench:
                 first_ms = (time.perf_counter() - start) * 1000.0
                 grads = _grads(learner)
                 times = time_calls(fn, self.s.warmup, self.s.repeats, self.sync)
+                if impl in CAPTURED and not end_to_end:  # the gradient of a replay, not of the eager call
+                    meta_gradient(batch)
+                    self.sync()
+                    grads = _grads(learner)
+                    out["captured"] = getattr(meta_gradient, "captured", False)
         except Exception as exc:
             out.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             self.progress(f"[bench] {label}{impl:<17} error: {out['note']}")
@@ -456,9 +479,11 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
                  "applies": bench.device.type == "cuda"},
         "data": "synthetic random images" if s.synthetic else f"{s.dataset} train split (load_split)",
         "environment": env,
-        "timing": ("wall time per meta-step (meta_step fills .grad; no optimiser step), torch.cuda.synchronize "
-                   "before and after each timed call on CUDA; first call (gradient check, compilation) "
-                   f"excluded, then {s.warmup} warm-up and {s.repeats} timed calls"),
+        "timing": ("wall time per meta-step, torch.cuda.synchronize before and after each timed call on CUDA; "
+                   "compute only: the meta-gradient of one fixed meta-batch (fills .grad; no optimiser step); "
+                   "end to end: drawing the meta-batch, the meta-gradient and the optimiser step; first call "
+                   f"(gradient check, compilation) excluded, then {s.warmup} warm-up and {s.repeats} timed calls "
+                   f"(a captured impl is captured during its warm-up)"),
         "memory": ("torch.cuda.max_memory_allocated per impl (reset before each)" if bench.device.type == "cuda"
                    else "peak RSS sampled from /proc/self/statm during each impl's calls (same process); "
                         "maxrss_lifetime_mb is getrusage's process-lifetime peak, which only grows"),

@@ -183,7 +183,7 @@ class TorchmetaMAML(MetaLearner):
             params = gradient_update_parameters(self.model, loss, params, self.settings.inner_lr, first_order)
         return params if params is not None else OrderedDict(self.model.meta_named_parameters())
 
-    def meta_step(self, batch: EpisodeBatch) -> Dict[str, float]:
+    def meta_gradient(self, batch: EpisodeBatch) -> Dict[str, torch.Tensor]:
         self.zero_grad()
         outer_loss = torch.zeros((), device=batch.query_x.device, dtype=next(self.model.parameters()).dtype)
         acc = torch.zeros_like(outer_loss)
@@ -194,7 +194,7 @@ class TorchmetaMAML(MetaLearner):
             acc = acc + accuracy(logits.detach(), qy)
         outer_loss = outer_loss / batch.num_tasks
         outer_loss.backward()
-        return {"loss": outer_loss.item(), "accuracy": (acc / batch.num_tasks).item()}
+        return {"loss": outer_loss.detach(), "accuracy": acc / batch.num_tasks}
 
     def predict(self, support_x, support_y, query_x, ways):
         params = self.adapt(support_x, support_y, self.settings.test_inner_steps, first_order=True)

@@ -159,18 +159,25 @@ class L2LTaskSource:
         idx = torch.as_tensor(idx)[order].reshape(self.ways, k)
         return idx[:, :self.shots].reshape(-1), idx[:, self.shots:].reshape(-1)
 
-    def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
-        """(batch, support_idx [B, ways*shots], query_idx [B, ways*queries]); indices into split.images."""
+    def sample_indices(self, num_tasks: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(support_idx [B, ways*shots], query_idx [B, ways*queries]) on the CPU; indices into split.images."""
         if num_tasks < 1:
             raise ConfigError(f"number of tasks must be at least 1, got {num_tasks}")
         parts = [self._one_task() for _ in range(num_tasks)]
-        support_idx = torch.stack([p[0] for p in parts])
-        query_idx = torch.stack([p[1] for p in parts])
+        return torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+
+    def batch_at(self, support_idx: torch.Tensor, query_idx: torch.Tensor) -> EpisodeBatch:
+        """The episodes at these indices, as model inputs on `device`."""
         # The loaded images (LoadData) equal to_input(split.images[idx]); gathering them at once is
-        # cheaper than stacking per-task float copies, and keeps the batch on `device`.
-        batch = _batch_from_indices(self.split.images, support_idx, query_idx, self.ways, self.shots, self.queries,
-                                    self.to_input)
-        return batch.to(self.device), support_idx, query_idx
+        # cheaper than stacking per-task float copies.
+        batch = _batch_from_indices(self.split.images, support_idx.cpu(), query_idx.cpu(), self.ways, self.shots,
+                                    self.queries, self.to_input)
+        return batch.to(self.device)
+
+    def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
+        """(batch, support_idx [B, ways*shots], query_idx [B, ways*queries]); indices into split.images."""
+        support_idx, query_idx = self.sample_indices(num_tasks)
+        return self.batch_at(support_idx, query_idx), support_idx, query_idx
 
     def sample(self, num_tasks: int) -> EpisodeBatch:
         return self.sample_with_indices(num_tasks)[0]
@@ -221,11 +228,14 @@ class TensorTaskSource:
         idx = self.table[classes].gather(2, pos)  # [B, W, K] indices into images
         return (idx[:, :, :self.shots].reshape(num_tasks, -1), idx[:, :, self.shots:].reshape(num_tasks, -1))
 
+    def batch_at(self, support_idx: torch.Tensor, query_idx: torch.Tensor) -> EpisodeBatch:
+        """The episodes at these indices (into split.images), as model inputs on `device`."""
+        return _batch_from_indices(self.images, support_idx.to(self.device), query_idx.to(self.device), self.ways,
+                                   self.shots, self.queries, self.to_input)
+
     def sample_with_indices(self, num_tasks: int) -> Tuple[EpisodeBatch, torch.Tensor, torch.Tensor]:
         support_idx, query_idx = self.sample_indices(num_tasks)
-        batch = _batch_from_indices(self.images, support_idx, query_idx, self.ways, self.shots, self.queries,
-                                    self.to_input)
-        return batch, support_idx, query_idx
+        return self.batch_at(support_idx, query_idx), support_idx, query_idx
 
     def sample(self, num_tasks: int) -> EpisodeBatch:
         return self.sample_with_indices(num_tasks)[0]

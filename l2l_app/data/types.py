@@ -200,6 +200,14 @@ class TaskSource(Protocol):
     def sample(self, num_tasks: int) -> EpisodeBatch:
         ...
 
+    def sample_indices(self, num_tasks: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(support_idx [B, ways*shots], query_idx [B, ways*queries]): indices into the split's images."""
+        ...
+
+    def batch_at(self, support_idx: torch.Tensor, query_idx: torch.Tensor) -> EpisodeBatch:
+        """The episodes at those indices, as model inputs on the source's device."""
+        ...
+
     def state_dict(self) -> Dict[str, Any]:
         ...
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import grad
 
-from .learner import AlgorithmSettings, MetaLearner
-from .backbones import assert_no_aliased_submodules, batchnorm_mode
-from .data.types import EpisodeBatch
+from ..learner import AlgorithmSettings, MetaLearner
+from ..backbones import assert_no_aliased_submodules, batchnorm_mode
+from ..data.types import EpisodeBatch
 
 Params = Dict[str, torch.Tensor]
 #: loss(params, x, y) -> scalar, for the functional optimisers
