@@ -66,19 +66,20 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   # the recipes' own training workloads: backbone, episode shape and meta-batch as trained
   bench maml-omniglot-5w1s 150 --recipe maml-omniglot-5w1s --with-sampler \
     --impl loop,batched,batched-captured,batched-compiled-captured
-  bench protonet-omniglot-5w1s 60 --recipe protonet-omniglot-5w1s --with-sampler \
-    --impl loop,batched,batched-captured
+  bench protonet-omniglot-5w1s 90 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl loop,batched,batched-captured,batched-compiled-captured
   stamp "captured training resumes bit for bit"
   timeout 90 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"
   pack
-  # MAML trains with --compile too when the bench measured the compiled capture 25% faster end to end
+  # each recipe trains with --compile too where its bench measured the compiled capture 25% faster end to end
+  COMPILE=$($PY benchmarks/reproduce.py --pick-compile "$RES/protonet-omniglot-5w1s/bench.json" 2>/dev/null)
+  reproduce 150 protonet-omniglot-5w1s $COMPILE
   COMPILE=$($PY benchmarks/reproduce.py --pick-compile "$RES/maml-omniglot-5w1s/bench.json" 2>/dev/null)
-  reproduce 150 protonet-omniglot-5w1s
   stamp "MAML reproduction: ${COMPILE:-eager kernels in the graph}"
   reproduce 220 maml-omniglot-5w1s $COMPILE
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = more ]; then
-  reproduce 200 --together reptile-omniglot-5w1s metasgd-omniglot-5w1s anil-omniglot-20w1s
+  reproduce 260 --together reptile-omniglot-5w1s metasgd-omniglot-5w1s anil-omniglot-20w1s
 fi
 stamp "done ($STEPS)"
