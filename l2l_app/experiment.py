@@ -37,7 +37,7 @@ def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optio
     engine = engine or config.run.engine
     spec = config.spec
     if engine == "auto":
-        captured = device.type == "cuda" and config.run.cuda_graph is not False and spec.batched is not None
+        captured = spec.batched is not None and resolve_cuda_graph(config, device, "batched")
         if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH and not captured:
             return "loop"
         engine = spec.auto_engine.get(device.type, "loop")

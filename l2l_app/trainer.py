@@ -163,9 +163,10 @@ class Trainer:
         c, x = self.config, self.experiment
         self.device, self.engine, self.sampler = x.device, x.engine, x.sampler
         self.model, self.learner = x.model, x.learner
-        #: the meta-gradient as one CUDA graph (--cuda-graph; on by default with the batched engine on a GPU;
-        #: under torchrun each rank's slice is computed op by op, between the all-reduces)
-        self.captured = CapturedMetaGradient(self.learner) if x.cuda_graph and not self.world.distributed else None
+        if self.world.distributed:  # each rank's slice runs op by op, between the all-reduces
+            x.cuda_graph = False
+        #: the meta-gradient as one CUDA graph (--cuda-graph; on by default with the batched engine on a GPU)
+        self.captured = CapturedMetaGradient(self.learner) if x.cuda_graph else None
 
         self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=train_shape_flags(c))
         # The validation episodes, drawn once (this also checks the evaluation shape against the split).

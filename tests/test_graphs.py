@@ -83,3 +83,16 @@ def test_metrics_read_every_few_steps_log_the_same_rows(tmp_path):
     batched.fit()
     assert train_log(tmp_path / "every") == train_log(tmp_path / "batched")
     assert [r["step"] for r in train_log(tmp_path / "every") if r["kind"] == "train"] == list(range(1, 10))
+
+
+def test_cuda_graph_on_a_cpu_is_refused_and_leaves_an_existing_run_as_it_was(tmp_path):
+    """`train --cuda-graph` on a CPU: one line, exit 2, and neither a new run nor a resumed one is touched."""
+    from conftest import cli_run, refused
+    from l2l_app.trainer import Trainer
+    run = tmp_path / "run"
+    Trainer(config(iterations=2, val_every=2, checkpoint_every=2), run, progress=False).fit()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    refused(cli_run("train", "--resume", run, "--cuda-graph"), "--cuda-graph needs a GPU", "drop --cuda-graph")
+    refused(cli_run("train", "--out", run, "--overwrite", "--algo", "maml", "--cuda-graph", "--device", "cpu"),
+            "--cuda-graph needs a GPU, but this run is on cpu")
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
