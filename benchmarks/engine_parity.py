@@ -13,6 +13,12 @@ script records what a GPU gives.
 the same learner called eagerly, over 5 successive meta-batches (float32 and float64): the largest
 absolute difference of any gradient element or metric.  The replayed kernels are the eager ones,
 so 0 is expected (on a CPU the eager stand-in of the capture runs).
+
+`whole_step` rows: the whole training step captured as one CUDA graph (`CapturedTrainingStep`:
+the tensor sampler's gather, the meta-gradient, Adam) against the same steps run eagerly with
+the same graph-safe Adam, over 6 steps in float32 from one sampler seed: the largest absolute
+weight difference, and whether both samplers' generators end in the same state (the random
+draws stay outside the graph, so they must).
 """
 from __future__ import annotations
 
@@ -29,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import l2l_app.config  # noqa: E402,F401  (registers every algorithm)
 from l2l_app.backbones import Classifier, Conv4  # noqa: E402
 from l2l_app.data.types import EpisodeBatch  # noqa: E402
-from l2l_app.engine.graphs import CapturedMetaGradient  # noqa: E402
+from l2l_app.bench.harness import synthetic_split  # noqa: E402
+from l2l_app.data import build_task_source  # noqa: E402
+from l2l_app.engine.graphs import CapturedMetaGradient, CapturedTrainingStep  # noqa: E402
 from l2l_app.registry import ALGORITHMS  # noqa: E402
 from l2l_app.runtime import environment, set_tf32  # noqa: E402
 
@@ -106,6 +114,35 @@ def captured_difference(name: str, device: torch.device, dtype: torch.dtype, ste
     return worst
 
 
+#: the cases whose whole step is checked (a graph-safe optimiser, no host draws)
+WHOLE_STEP_CASES = ("maml-1step-2nd", "protonet")
+
+
+def whole_step_difference(name: str, device: torch.device, steps: int = 6) -> dict:
+    """Captured whole steps vs eager ones (float32): largest |weight difference|, sampler states equal."""
+    algo, changes = CASES[name]
+    spec = ALGORITHMS[algo]
+    settings = spec.settings(**changes)
+    split = synthetic_split("omniglot", 20, 1, 15, seed=0)  # 40 classes x 16 images
+    torch.manual_seed(0)
+    model = (Classifier(Conv4(), 5) if spec.head else Conv4()).to(device)
+    learners = [spec.batched(copy.deepcopy(model), settings) for _ in range(2)]
+    capturable = device.type == "cuda"
+    optimizers = [torch.optim.Adam(l.meta_parameters(), lr=1e-3, capturable=capturable) for l in learners]
+    sources = [build_task_source("tensor", split, 5, 1, 15, seed=3, device=device) for _ in range(2)]
+    captured = CapturedTrainingStep(learners[1], sources[1], 8, optimizers[1], warmup=2)
+    for _ in range(steps):
+        learners[0].meta_gradient(sources[0].sample(8))
+        optimizers[0].step()
+        captured()
+    if not captured.captured:
+        raise RuntimeError("the step was never captured")
+    worst = max((a - b).abs().max().item() for a, b in zip(learners[0].meta_parameters(),
+                                                           learners[1].meta_parameters()))
+    same = torch.equal(sources[0].generator.get_state(), sources[1].generator.get_state())
+    return {"max_abs_weight_difference": worst, "sampler_states_equal": same, "steps": steps}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -132,11 +169,20 @@ def main() -> None:
                 continue
             captured_rows.append({"case": name, "precision": label, "max_abs_difference": diff})
             print(f"captured {name:20s} {label:18s} {diff:.3e}", flush=True)
+    whole_rows = []
+    for name in WHOLE_STEP_CASES:
+        try:
+            row = {"case": name, "precision": "float32, TF32 off", **whole_step_difference(name, device)}
+        except Exception as exc:  # recorded, not fatal
+            row = {"case": name, "error": f"{type(exc).__name__}: {exc}"}
+        whole_rows.append(row)
+        print(f"whole step {name:20s} {row}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": environment(), "device": str(device),
                                     "episodes": "5-way 1-shot (10-shot where inner mini-batches are drawn) "
                                                 "15 queries, 8 tasks, Conv4-64",
-                                    "rows": rows, "captured": captured_rows}, indent=2) + "\n")
+                                    "rows": rows, "captured": captured_rows, "whole_step": whole_rows},
+                                   indent=2) + "\n")
 
 
 if __name__ == "__main__":

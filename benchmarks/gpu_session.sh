@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The one prepared GPU session: install learn2learn from the carried sdist, check engine parity
-# (and the captured CUDA-graph step) on the GPU, time the recipes' meta-steps with `l2l-app bench`,
-# and reproduce the published Omniglot numbers with `benchmarks/reproduce.py`.
+# (the captured meta-gradient and the captured whole training step too) on the GPU, time the
+# recipes' training steps with `l2l-app bench` in every configuration training can pick (eager
+# or compiled kernels in the graph; cuDNN autotuning off/on; native or unfold convolutions), and
+# reproduce the published Omniglot numbers with `benchmarks/reproduce.py`, each recipe training
+# with the flags its bench measured fastest (`reproduce.py --pick`).
 #
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
-#     OUT=/path bash benchmarks/gpu_session.sh                 # STEPS=all: everything (~14 min)
-#     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh    # parity, benches, captured resume,
-#                                                              #   ProtoNet + MAML reproduction (~9 min)
-#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh      # Reptile, Meta-SGD, ANIL trained together (~3 min)
-#   dry run here (tiny, CPU):  DRY=1 OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
+#     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh  # parity, benches, captured resume,
+#                                                            #   ProtoNet reproduction (~6.5 min)
+#     STEPS=maml OUT=/path bash benchmarks/gpu_session.sh    # MAML: 6 min of training + eval (~7.5 min)
+#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh    # Reptile, Meta-SGD, ANIL trained together (~4 min)
+#     STEPS=all: all three (over one call's 10 minutes: use it only where calls may be longer)
+#   MAML_ARGS / PROTONET_ARGS (e.g. "--train-arg=--compile") replace the picked flags, for a call on a
+#   fresh machine that no longer holds the timing step's benches.
+#   dry run here (tiny, CPU):  DRY=1 STEPS=all OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
 #
 # Everything lands in $OUT/gpu_results.tar.gz (re-packed after every step, so a timeout loses
 # nothing measured); unpack it into benchmarks/results/gpu-<gpu>/.  Run directories are packed
@@ -58,26 +64,40 @@ reproduce() {  # reproduce TIMEOUT ARGS...
   pack
 }
 
+# the flags of the fastest configuration the benches of a recipe measured (empty: the defaults)
+picked() {  # picked RECIPE
+  $PY benchmarks/reproduce.py --pick "$RES"/bench-"$1"*/bench.json 2>/dev/null
+}
 if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
-  stamp "engine parity on $DEVICE (loop vs batched; captured vs eager)"
-  timeout 120 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -40 \
+  stamp "engine parity on $DEVICE (loop vs batched; captured meta-gradient and whole step vs eager)"
+  timeout 150 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
     || stamp "parity failed or timed out"
   pack
-  # the recipes' own training workloads: backbone, episode shape and meta-batch as trained
-  bench maml-omniglot-5w1s 150 --recipe maml-omniglot-5w1s --with-sampler \
-    --impl loop,batched,batched-captured,batched-compiled-captured
-  bench protonet-omniglot-5w1s 90 --recipe protonet-omniglot-5w1s --with-sampler \
-    --impl loop,batched,batched-captured,batched-compiled-captured
-  stamp "captured training resumes bit for bit"
+  # the recipes' own training workloads (backbone, episode shape and meta-batch as trained), end to end
+  # as training runs them on a GPU (the whole step one CUDA graph), in each configuration --pick weighs
+  CAPTURED=batched-captured-step,batched-compiled-captured-step
+  bench bench-maml-omniglot-5w1s 170 --recipe maml-omniglot-5w1s --with-sampler \
+    --impl loop,batched,batched-captured,batched-compiled-captured,$CAPTURED
+  bench bench-maml-omniglot-5w1s-cudnn-benchmark 90 --recipe maml-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --cudnn-benchmark
+  bench bench-maml-omniglot-5w1s-unfold 90 --recipe maml-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --conv-impl unfold
+  bench bench-protonet-omniglot-5w1s 100 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl loop,batched,batched-captured,batched-compiled-captured,$CAPTURED
+  bench bench-protonet-omniglot-5w1s-cudnn-benchmark 60 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --cudnn-benchmark
+  stamp "captured training resumes"
   timeout 90 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"
   pack
-  # each recipe trains with --compile too where its bench measured the compiled capture 25% faster end to end
-  COMPILE=$($PY benchmarks/reproduce.py --pick-compile "$RES/protonet-omniglot-5w1s/bench.json" 2>/dev/null)
-  reproduce 150 protonet-omniglot-5w1s $COMPILE
-  COMPILE=$($PY benchmarks/reproduce.py --pick-compile "$RES/maml-omniglot-5w1s/bench.json" 2>/dev/null)
-  stamp "MAML reproduction: ${COMPILE:-eager kernels in the graph}"
-  reproduce 220 maml-omniglot-5w1s $COMPILE
+  ARGS=${PROTONET_ARGS-$(picked protonet-omniglot-5w1s)}
+  stamp "ProtoNet reproduction with: ${ARGS:-the defaults}"
+  reproduce 200 protonet-omniglot-5w1s $ARGS
+fi
+if [ "$STEPS" = all ] || [ "$STEPS" = maml ]; then
+  ARGS=${MAML_ARGS-$(picked maml-omniglot-5w1s)}
+  stamp "MAML reproduction with: ${ARGS:-the defaults}"
+  reproduce 470 maml-omniglot-5w1s $ARGS
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = more ]; then
   reproduce 260 --together reptile-omniglot-5w1s metasgd-omniglot-5w1s anil-omniglot-20w1s

@@ -29,8 +29,8 @@ sys.path.insert(0, str(HERE.parent))
 
 #: recipe -> (training minutes, [(ways, shots, the paper's accuracy)], extra train arguments)
 REPRODUCTIONS: Dict[str, Tuple[float, List[Tuple[int, int, float]], List[str]]] = {
-    "maml-omniglot-5w1s": (2.5, [(5, 1, 98.7)], []),
-    "protonet-omniglot-5w1s": (1.0, [(5, 1, 98.8), (20, 1, 96.0)], []),
+    "maml-omniglot-5w1s": (6.0, [(5, 1, 98.7)], []),
+    "protonet-omniglot-5w1s": (2.0, [(5, 1, 98.8), (20, 1, 96.0)], []),
     "reptile-omniglot-5w1s": (1.5, [(5, 1, 97.68)], []),
     "metasgd-omniglot-5w1s": (1.5, [(5, 1, 99.53)], []),
     "anil-omniglot-20w1s": (1.5, [(20, 1, 96.2)], []),
@@ -81,6 +81,39 @@ def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gp
     return records
 
 
+#: the end-to-end bench impls a training run on a GPU can be (one CUDA graph per step or per meta-gradient)
+TRAINABLE_IMPLS = ("batched-captured-step", "batched-compiled-captured-step", "batched-captured",
+                   "batched-compiled-captured")
+#: torch.compile must be this much faster to be picked (it costs its compilation, ~15-30 s, once)
+COMPILE_MUST_SAVE = 0.25
+
+
+def pick_train_args(benches: List[dict]) -> List[str]:
+    """The `l2l-app train` flags of the fastest end-to-end configuration the benches measured.
+
+    Each bench.json ran with one cuDNN setting and one convolution impl (`settings.cudnn_benchmark`,
+    `settings.conv_impl`); its captured impls are compiled or not.  The fastest uncompiled row is
+    the baseline; a compiled row is picked only when it is COMPILE_MUST_SAVE faster than that.
+    Returns e.g. ['--compile', '--cudnn-benchmark', '--conv-impl=unfold'].
+    """
+    rows = []  # (ms, compiled, cudnn autotuned, conv impl)
+    for bench in benches:
+        settings = bench.get("settings", {})
+        autotuned, conv = bool(settings.get("cudnn_benchmark", False)), settings.get("conv_impl", "native")
+        for r in bench["results"]:
+            if r.get("mode") == "end to end" and r.get("status") == "ok" and r["impl"] in TRAINABLE_IMPLS:
+                rows.append((r["median_ms"], "compiled" in r["impl"], autotuned, conv))
+    if not rows:
+        return []
+    plain = min((r for r in rows if not r[1]), default=None)
+    compiled = min((r for r in rows if r[1]), default=None)
+    best = plain or compiled
+    if compiled is not None and plain is not None and compiled[0] < (1 - COMPILE_MUST_SAVE) * plain[0]:
+        best = compiled
+    return ((["--compile"] if best[1] else []) + (["--cudnn-benchmark"] if best[2] else [])
+            + ([f"--conv-impl={best[3]}"] if best[3] != "native" else []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipes", nargs="*")
@@ -91,15 +124,13 @@ def main() -> None:
     parser.add_argument("--train-arg", action="append", default=[], help="one more `l2l-app train` argument")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the runs already in OUT/runs")
-    parser.add_argument("--pick-compile", type=Path, metavar="BENCH_JSON",
-                        help="print --train-arg=--compile when that bench measured batched-compiled-captured 25%% "
-                             "faster than batched-captured end to end (compilation pays off within minutes)")
+    parser.add_argument("--pick", type=Path, nargs="+", metavar="BENCH_JSON",
+                        help="print the --train-arg flags of the fastest end-to-end captured configuration these "
+                             "benches measured (compile only when 25%% faster; cuDNN autotuning when its bench won)")
     args = parser.parse_args()
-    if args.pick_compile:
-        rows = {r["impl"]: r.get("median_ms") for r in json.loads(args.pick_compile.read_text())["results"]
-                if r["mode"] == "end to end"}
-        eager, compiled = rows.get("batched-captured"), rows.get("batched-compiled-captured")
-        print("--train-arg=--compile" if eager and compiled and compiled < 0.75 * eager else "")
+    if args.pick:
+        benches = [json.loads(p.read_text()) for p in args.pick if p.is_file()]
+        print(" ".join(f"--train-arg={flag}" for flag in pick_train_args(benches)))  # e.g. --train-arg=--compile
         return
     if args.list or not args.recipes:
         for name, (minutes, shapes, _) in REPRODUCTIONS.items():

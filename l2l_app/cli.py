@@ -18,6 +18,7 @@ import click
 
 from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FIELD_TYPES, MODEL_OPTIONS, SAMPLERS,
                      SPLITS, algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
+from .backbones import CONV_IMPLS
 from .data.types import DATA_OPTIONS, RESIZE_POLICIES
 from .errors import L2LAppError
 from .bench.harness import IMPLS
@@ -200,6 +201,10 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("compile", None, "batched engine: torch.compile the meta-loss"),
         ("cuda_graph", None, "batched engine on a GPU: capture the meta-step as one CUDA graph and replay it"),
         ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
+        ("cudnn_benchmark", None, "GPU: let cuDNN time its algorithms for each convolution shape and keep "
+                                  "the fastest (the first steps are slower)"),
+        ("conv_impl", Choices(CONV_IMPLS), "native: cuDNN convolutions; unfold: im2col + one matrix product "
+                                           "(a batched GEMM across tasks; the same numbers to rounding)"),
         ("val_every", int, "validate every N steps"),
         ("val_episodes", int, "validation episodes"),
         ("checkpoint_every", int, "write checkpoints/last.pt every N steps"),
@@ -445,7 +450,8 @@ def recipes(as_json) -> None:
 @click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
 @click.option("--backbone", type=Choices(BACKBONES.names()), default="conv4", show_default=True)
 @click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
-              help="comma-separated: " + " | ".join(IMPLS) + " (captured: the meta-gradient as one CUDA graph)")
+              help="comma-separated: " + " | ".join(IMPLS) + " (captured: the meta-gradient as one CUDA graph; "
+                   "captured-step: the whole training step, end to end only)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--warmup", type=int, default=None, help="untimed calls after the first (default 2 on CPU, 5 on GPU)")
 @click.option("--repeats", type=int, default=None, help="timed calls (default 5 on CPU, 30 on GPU)")
@@ -455,6 +461,10 @@ def recipes(as_json) -> None:
 @click.option("--sweep", "sweeps", multiple=True, help="meta-batch=1,4,16,32,64 or inner-steps=1,2,5,10 (repeatable)")
 @click.option("--synthetic", is_flag=True, help="random images of the dataset's shape instead of real data")
 @click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")
+@click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False,
+              help="let cuDNN time its algorithms for each convolution shape (GPU; default off)")
+@click.option("--conv-impl", type=Choices(CONV_IMPLS), default="native", show_default=True,
+              help="native: cuDNN convolutions; unfold: im2col + one matrix product")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
 def bench(out, impls, sweeps, recipe, algo, **settings) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import algorithms as _algorithms, backbones as _backbones, data as _data  # noqa: F401  (they register)
+from .backbones import CONV_IMPLS
 from .data.class_split import split_ratios
 from .data.types import DATA_OPTIONS, RESIZE_POLICIES, VECTORS
 from .errors import ConfigError, DataError
@@ -50,6 +51,7 @@ _SHARED_BOOL_FLAGS: Dict[str, Tuple[str, str]] = {
     "compile": ("--compile", "--no-compile"),
     "cuda_graph": ("--cuda-graph", "--no-cuda-graph"),
     "tf32": ("--tf32", "--no-tf32"),
+    "cudnn_benchmark": ("--cudnn-benchmark", "--no-cudnn-benchmark"),
     "skip_nonfinite": ("--skip-nonfinite", "--stop-nonfinite"),
     "tensorboard": ("--tensorboard", "--no-tensorboard"),
 }
@@ -166,6 +168,10 @@ class RunConfig:
     #: capture the batched meta-step as one CUDA graph (engine.graphs); None: on a GPU with the batched engine
     cuda_graph: Optional[bool] = None
     tf32: bool = False
+    #: let cuDNN time its algorithms for each convolution shape and keep the fastest (GPU)
+    cudnn_benchmark: bool = False
+    #: how convolutions compute: native (cuDNN) or unfold (im2col + one matrix product; `backbones.conv`)
+    conv_impl: str = "native"
     val_every: int = 100
     val_episodes: int = 200
     checkpoint_every: int = 100
@@ -449,7 +455,8 @@ def limit_error(name: str, value: Any, option: Optional[str] = None) -> Optional
 
 def _shared_choices() -> Dict[str, Tuple[str, ...]]:
     return {"dataset": tuple(DATASETS.names()), "sampler": SAMPLERS, "algo": tuple(ALGORITHMS.names()),
-            "engine": ENGINES, "backbone": tuple(BACKBONES.names()), "split": SPLITS, "resize": RESIZE_POLICIES}
+            "engine": ENGINES, "backbone": tuple(BACKBONES.names()), "split": SPLITS, "resize": RESIZE_POLICIES,
+            "conv_impl": CONV_IMPLS}
 
 
 def _value_error(name: str, value: Any, limit: Optional[Limit], choices: Optional[Tuple[str, ...]]) -> Optional[str]:

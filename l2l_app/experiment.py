@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import runtime
-from .backbones import Classifier, assert_no_aliased_submodules, build_backbone
+from .backbones import Classifier, assert_no_aliased_submodules, build_backbone, set_conv_impl
 from .config import MODEL_OPTIONS, ExperimentConfig, missing_engine, resolve, validate
 from .data import Dataset, PathLike, Preprocessing, SplitData, TaskSource, build_task_source, load_split
 from .data.types import IMAGES
@@ -86,7 +86,7 @@ def build_model(config: ExperimentConfig, input_shape: Optional[Tuple[int, ...]]
     backbone = build_backbone(m.backbone, input_shape, m.hidden, **{n: getattr(m, n) for n in MODEL_OPTIONS})
     model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
     assert_no_aliased_submodules(model)
-    return model
+    return set_conv_impl(model, config.run.conv_impl)
 
 
 def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk_size: Optional[int] = None,
@@ -101,9 +101,14 @@ def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk
     raise ConfigError(missing_engine(config, engine) or f"--engine {engine!r} is not one of loop, batched")
 
 
-def build_optimizer(config: ExperimentConfig, learner: MetaLearner) -> Optimizers:
-    """The algorithm's meta-optimiser over the learner's meta-parameters."""
-    return config.spec.optimizer.build(learner.meta_parameters(), config.optim, config.algorithm)
+def build_optimizer(config: ExperimentConfig, learner: MetaLearner, capturable: bool = False) -> Optimizers:
+    """The algorithm's meta-optimiser over the learner's meta-parameters; `capturable`: built so a
+    CUDA graph can hold its step (only for a `MetaOptimizer.capturable` optimiser)."""
+    spec = config.spec.optimizer
+    if capturable and not spec.capturable:
+        raise ValueError(f"{config.algo}'s optimiser ({spec.description}) cannot be captured in a CUDA graph")
+    extra = {"capturable": True} if capturable else {}
+    return spec.build(learner.meta_parameters(), config.optim, config.algorithm, **extra)
 
 
 def load_config_split(config: ExperimentConfig, split: str, progress: bool = True,
@@ -148,6 +153,7 @@ class Experiment:
             preprocessing = Preprocessing.unnormalised(dataset)
         dev = runtime.resolve_device(device or config.run.device)
         runtime.set_tf32(config.run.tf32)
+        runtime.set_cudnn_benchmark(config.run.cudnn_benchmark)
         chosen = resolve_engine(config, dev, engine, meta_batch)
         model = build_model(config, preprocessing.input_shape).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
@@ -201,13 +207,31 @@ class Experiment:
         twin.load_extra_state(self.learner.extra_state())
         return twin
 
+    @property
+    def graph_extent(self) -> Optional[str]:
+        """What one CUDA graph holds when `cuda_graph` (`engine.graphs`): 'step' -- sampling,
+        meta-gradient, clipping and the optimiser step -- with the tensor sampler and a graph-safe
+        optimiser, unless --skip-nonfinite must read each step's loss before stepping; otherwise
+        'meta-gradient'.  None without a graph."""
+        if not self.cuda_graph:
+            return None
+        whole = (self.sampler == "tensor" and self.config.spec.optimizer.capturable
+                 and not self.config.run.skip_nonfinite
+                 and not self.learner.draws_step_inputs)
+        return "step" if whole else "meta-gradient"
+
     def describe_execution(self) -> str:
         """How the meta-steps run, and why (what `run.json` records)."""
         c = self.config.run
         how = [f"{self.engine} engine", f"{self.sampler} sampler", str(self.device)]
         if self.engine == "batched":
-            how += ["torch.compile" if c.compile else "eager kernels",
-                    "one CUDA graph per step" if self.cuda_graph else "launched op by op"]
+            graph = {"step": "each whole step (sampling to optimiser step) one CUDA graph",
+                     "meta-gradient": "each meta-gradient one CUDA graph"}.get(self.graph_extent, "launched op by op")
+            how += ["torch.compile" if c.compile else "eager kernels", graph]
+        if c.cudnn_benchmark and self.device.type == "cuda":
+            how.append("cuDNN autotuned")
+        if c.conv_impl != "native":
+            how.append(f"{c.conv_impl} convolutions")
         why = []
         if c.engine == "auto":
             why.append(f"--engine auto: {self.engine} (measured faster for {self.config.algo} on {self.device.type} "

@@ -105,16 +105,21 @@ class MetaOptimizer:
 
     `uses`: the optimiser settings (`OptimConfig` fields) that only this optimiser reads; they are
     refused for an algorithm with another optimiser.
+    `capturable`: `build(..., capturable=True)` gives an optimiser whose step a CUDA graph can
+    hold (`engine.graphs.CapturedTrainingStep`), and its learning rate changes seldom enough
+    that capturing the step again after each change pays.
     """
 
     description: str
     uses: Tuple[str, ...]
-    build: Callable[[List[torch.Tensor], "OptimConfig", AlgorithmSettings], Optimizers]
+    build: Callable[..., Optimizers]
+    capturable: bool = False
 
 
 def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",
-                          settings: AlgorithmSettings) -> Optimizers:
-    optimizer = torch.optim.Adam(params, lr=optim.meta_lr)
+                          settings: AlgorithmSettings, capturable: bool = False) -> Optimizers:
+    """Adam; `capturable`: its step count kept on the device, so the step needs no host read."""
+    optimizer = torch.optim.Adam(params, lr=optim.meta_lr, capturable=capturable)
     if optim.lr_decay_every:
         return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, optim.lr_decay_every, optim.lr_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -122,7 +127,7 @@ def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",
 
 #: Adam on the query loss; optionally the lr times --lr-decay every --lr-decay-every steps
 ADAM = MetaOptimizer("Adam on the query loss (optional step decay)", ("lr_decay", "lr_decay_every"),
-                     _adam_with_step_decay)
+                     _adam_with_step_decay, capturable=True)
 
 
 # ------------------------------------------------------------------------------- the learner
@@ -176,6 +181,11 @@ class MetaLearner(abc.ABC):
         """Tensors a meta-step draws besides the batch (Reptile's mini-batch schedule), on the
         batch's device: a captured step (`engine.graphs`) copies them in like the batch."""
         return {}
+
+    @property
+    def draws_step_inputs(self) -> bool:
+        """Whether `step_inputs` draws anything (on the host: a whole step cannot be one CUDA graph)."""
+        return type(self).step_inputs is not MetaLearner.step_inputs
 
     @abc.abstractmethod
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,

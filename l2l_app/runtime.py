@@ -41,6 +41,11 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def set_cudnn_benchmark(enabled: bool) -> None:
+    """cuDNN's autotuner: time the algorithms for each new convolution shape, keep the fastest."""
+    torch.backends.cudnn.benchmark = enabled
+
+
 def rng_state() -> Dict[str, Any]:
     """Snapshot of every global RNG (Python, NumPy, torch CPU and CUDA)."""
     version, internal, gauss = random.getstate()

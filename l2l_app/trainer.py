@@ -29,7 +29,7 @@ from .errors import ConfigError, L2LAppError
 from .evaluation import EpisodeSet, EvalResult, evaluate
 from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
-from .engine.graphs import CapturedMetaGradient
+from .engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
 from .progress import Progress
 from .fileio import read_json, write_json
@@ -165,14 +165,19 @@ class Trainer:
         self.model, self.learner = x.model, x.learner
         if self.world.distributed:  # each rank's slice runs op by op, between the all-reduces
             x.cuda_graph = False
-        #: the meta-gradient as one CUDA graph (--cuda-graph; on by default with the batched engine on a GPU)
-        self.captured = CapturedMetaGradient(self.learner) if x.cuda_graph else None
 
         self.train_source = x.task_source(self.train_split, x.train_shape, c.run.seed, flags=train_shape_flags(c))
         # The validation episodes, drawn once (this also checks the evaluation shape against the split).
         self._val_set = EpisodeSet(self._val_source(), c.run.val_episodes)
         x.fit_chunk_size(self.train_split)
-        self.optimizer, self.scheduler = build_optimizer(c, self.learner)
+        self.optimizer, self.scheduler = build_optimizer(
+            c, self.learner, capturable=x.graph_extent == "step" and self.device.type == "cuda")
+        # --cuda-graph (on by default with the batched engine on a GPU): the whole step as one CUDA
+        # graph where it can be, else the meta-gradient (`Experiment.graph_extent`)
+        self.captured_step = (CapturedTrainingStep(self.learner, self.train_source, c.optim.meta_batch,
+                                                   self.optimizer, c.optim.grad_clip)
+                              if x.graph_extent == "step" else None)
+        self.captured = CapturedMetaGradient(self.learner) if x.graph_extent == "meta-gradient" else None
         self.step = 0
         self.elapsed = 0.0
         self.best_val: Optional[float] = None
@@ -202,7 +207,7 @@ class Trainer:
                     write_json(self.files.file(SPLITS_FILE), self.class_lists)
                 write_json(self.files.file(RUN_INFO_FILE), {
                     "engine": self.engine, "sampler": self.sampler, "device": str(self.device),
-                    "cuda_graph": self.captured is not None,
+                    "cuda_graph": x.graph_extent is not None, "graph_extent": x.graph_extent,
                     "compile": bool(c.run.compile and self.engine == "batched"),
                     "execution": self.experiment.describe_execution(),
                     "chunk_size": getattr(self.learner, "chunk_size", None), "accuracy_unit": ACCURACY_UNIT,
@@ -340,6 +345,21 @@ class Trainer:
             self._stop_signal = stop
         return metrics
 
+    def _train_step(self) -> Dict[str, Any]:
+        """Sample, meta-gradient, clip, optimiser step (or a skipped step); the step's metrics."""
+        c = self.config
+        if self.captured_step is not None:
+            return self.captured_step()
+        metrics = self._meta_step(self.train_source.sample(c.optim.meta_batch))
+        if c.run.skip_nonfinite and not self._finite(metrics):  # read now: this step is skipped
+            self.skipped += 1
+            self.learner.zero_grad()
+            return metrics
+        if c.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), c.optim.grad_clip)
+        self.optimizer.step()
+        return metrics
+
     def _summary(self, stopped_by_budget: bool = False) -> TrainSummary:
         stale = 0
         if self.status == "trained" and self.resume:
@@ -377,15 +397,7 @@ class Trainer:
                        budget_seconds=budget, enabled=self.progress, log_every=c.run.log_every)
         try:
             while self.step < c.optim.iterations:
-                batch = self.train_source.sample(c.optim.meta_batch)
-                metrics = self._meta_step(batch)  # device scalars: read in _read_metrics, every few steps
-                if c.run.skip_nonfinite and not self._finite(metrics):  # read now: this step is skipped
-                    self.skipped += 1
-                    self.learner.zero_grad()
-                else:
-                    if c.optim.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), c.optim.grad_clip)
-                    self.optimizer.step()
+                metrics = self._train_step()  # device scalars: read in _read_metrics, every few steps
                 lr = self.optimizer.param_groups[0]["lr"]
                 with warnings.catch_warnings():
                     # a skipped step advances the schedule without an optimiser step, on purpose
@@ -472,7 +484,7 @@ class Trainer:
 
 
 #: the settings `train --resume` may change; everything else would make the resumed run a different one
-RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "cuda_graph", "val_every", "checkpoint_every",
+RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "cuda_graph", "cudnn_benchmark", "conv_impl", "val_every", "checkpoint_every",
                      "checkpoint_minutes", "log_every", "tensorboard")
 
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from l2l_app.backbones import (Classifier, Conv4, TaskBatchNorm2d, assert_no_aliased_submodules,
-                               batchnorm_mode, build_backbone)
+from l2l_app.backbones import (CONV_IMPLS, Classifier, Conv4, TaskBatchNorm2d, assert_no_aliased_submodules,
+                               batchnorm_mode, build_backbone, set_conv_impl)
 from l2l_app.errors import ConfigError
 from l2l_app.registry import BACKBONES
 
@@ -154,6 +154,22 @@ def test_native_and_primitive_batch_norm_agree(name, in_channels, size):
     assert rel_diff(primitive, native) < BN_REL
 
 
+@pytest.mark.parametrize("in_channels,size", INPUTS)
+@pytest.mark.parametrize("name", NAMES)
+def test_unfold_and_native_convolutions_agree(name, in_channels, size):
+    """im2col + matmul computes every backbone's convolutions (strided, padded, 1x1, no bias) as
+    cuDNN/native does: float64 rounding, the same bound as the batch-norm forms."""
+    model = make(name, in_channels, size)
+    x = images(4, in_channels, size)
+    native = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    unfolded = set_conv_impl(model, "unfold")(x)
+    assert rel_diff(unfolded, native) < BN_REL
+    assert model.state_dict().keys() == state.keys()  # checkpoints do not depend on the impl
+    with pytest.raises(ValueError, match="convolution impl must be one of native, unfold, got 'fft'"):
+        set_conv_impl(model, "fft")
+
+
 #: the backbones with batch norm (per-task statistics); the MLP has none
 NORMALISED = [n for n in NAMES if BACKBONES[n].inputs == "image"]
 
@@ -200,18 +216,21 @@ def loop_meta_gradients(model: nn.Module, sx, sy, qx, qy) -> List[Dict[str, torc
     return results
 
 
+@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
 @pytest.mark.parametrize("name", NAMES)
-def test_second_order_maml_step_under_vmap_matches_loop(name):
+def test_second_order_maml_step_under_vmap_matches_loop(name, conv_impl):
     """What the batched MAML engine (`BatchedMAML.meta_step`) relies on, in its form: `vmap` over
     tasks of a `torch.func.grad` inner step through `functional_call` with the real parameters
     closed over, then ordinary autograd from the vmapped query losses to the parameters, under
     primitive batch norm.  Equal (to rounding, observed ~1e-14) to a per-task loop with plain
     autograd and native batch norm.  With native batch norm under vmap this form is off by
     ~5e-3 (pytorch/functorch#534), so a backbone whose norm layers ignored `batchnorm_mode`
-    would fail here."""
+    would fail here.  The same with the convolutions as im2col + matmul (`--conv-impl unfold`),
+    whose second derivatives under vmap go through unfold/fold and batched matrix products."""
     model = Classifier(make(name), WAYS).to(torch.float64)
     sx, sy, qx, qy = episodes()
-    reference = loop_meta_gradients(model, sx, sy, qx, qy)   # native batch norm, plain autograd
+    reference = loop_meta_gradients(model, sx, sy, qx, qy)   # native batch norm and convolutions
+    set_conv_impl(model, conv_impl)
     params = dict(model.named_parameters())
 
     def task_query_loss(sx, sy, qx, qy):

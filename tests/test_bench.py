@@ -153,3 +153,22 @@ def test_plot_sweep_alone(tmp_path):
 def test_bench_bad_impl_is_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--synthetic", "--impl", "loop,torchmet", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "torchmet" in result.output and "choose from" in result.output
+
+
+def test_bench_times_the_captured_whole_step_end_to_end(tmp_path, no_compile):
+    """`batched-captured-step` (the whole training step as one graph: the eager stand-in on a CPU)
+    is timed end to end only, records that it was captured, and the bench records its cuDNN and
+    convolution settings."""
+    out = tmp_path / "bench"
+    args = ["bench", "--synthetic", "--device", "cpu", "--hidden", "4", "--queries", "2", "--meta-batch", "2",
+            "--warmup", "3", "--repeats", "1", "--with-sampler", "--conv-impl", "unfold",
+            "--impl", "loop,batched-captured-step", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "bench.json").read_text())
+    rows = {(r["impl"], r["mode"]): r for r in report["results"]}
+    assert rows[("batched-captured-step", "compute only")]["status"] == "skipped"
+    step = rows[("batched-captured-step", "end to end")]
+    assert step["status"] == "ok" and step["captured"] is True and step["sampler"] == "tensor", step
+    assert step["grad_rel_l2_vs_loop"] < 1e-3
+    assert report["settings"]["conv_impl"] == "unfold" and report["cudnn_benchmark"] is False

@@ -1,11 +1,14 @@
-"""The captured meta-step (`engine.graphs`), as far as a CPU can check it.
+"""The captured steps (`engine.graphs`), as far as a CPU can check them.
 
-A real capture needs a GPU (benchmarks/engine_parity.py checks it there, bit for bit).  Here the
-`eager` backend keeps the same protocol -- warm-up calls, static input buffers the batch and the
-learner's step inputs are copied into, metrics cloned out -- and calls the learner on the buffers,
-so everything but the CUDA graph itself is exercised: for every algorithm with a batched engine,
-a sequence of captured steps gives exactly the gradients and metrics of plain `meta_gradient`
-calls, with the learner's own random draws (Reptile's mini-batch schedules) consumed identically.
+A real capture needs a GPU (benchmarks/engine_parity.py checks it there).  Here the `eager`
+backend keeps the same protocol -- warm-up calls, static input buffers the inputs are copied
+into, metrics cloned out, captures counted -- and calls the function on the buffers, so
+everything but the CUDA graph itself is exercised: for every algorithm with a batched engine, a
+sequence of captured meta-gradients gives exactly the gradients and metrics of plain
+`meta_gradient` calls, with the learner's own random draws (Reptile's mini-batch schedules)
+consumed identically; a sequence of captured whole training steps (sampler gather, meta-gradient,
+clipping, Adam) gives exactly the weights, metrics and sampler state of eager steps, and the
+trainer running them writes the run an uncaptured trainer writes, resumed or not.
 """
 from __future__ import annotations
 
@@ -14,12 +17,16 @@ import copy
 import pytest
 import torch
 
-from l2l_app.engine.graphs import CapturedMetaGradient
+from l2l_app import experiment
+from l2l_app.config import resolve, validate
+from l2l_app.data.samplers import build_task_source
+from l2l_app.engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from l2l_app.errors import ConfigError
-from l2l_app.experiment import resolve_cuda_graph
-from conftest import random_episodes
-from enrol import BATCHED_ALGOS, make_learner, make_net
-from test_trainer import config
+from l2l_app.experiment import build_optimizer, resolve_cuda_graph
+from l2l_app.registry import ALGORITHMS
+from conftest import make_tiny_split, random_episodes
+from enrol import BATCHED_ALGOS, SIZE, WAYS, make_learner, make_net
+from test_trainer import config, train_log, weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,8 +61,10 @@ def test_a_captured_step_refuses_another_episode_shape():
     learner = make_learner("protonet", "batched", make_net("protonet"))
     step = CapturedMetaGradient(learner, warmup=0, backend="eager")
     step(random_episodes(2, 2, 2, 3, 16, torch.float64, seed=0))
-    with pytest.raises(ValueError, match="episodes of one shape: support_x was"):
+    with pytest.raises(ValueError, match=r"episodes of one shape: \(ways, shots, queries\) was \(2, 2, 2\)"):
         step(random_episodes(3, 2, 2, 3, 16, torch.float64, seed=1))
+    with pytest.raises(ValueError, match="inputs of one shape: support_x was"):  # another meta-batch size
+        step(random_episodes(2, 2, 2, 4, 16, torch.float64, seed=1))
 
 
 def test_cuda_graph_setting_resolves_and_refuses_in_one_line():
@@ -96,3 +105,109 @@ def test_cuda_graph_on_a_cpu_is_refused_and_leaves_an_existing_run_as_it_was(tmp
     refused(cli_run("train", "--out", run, "--overwrite", "--algo", "maml", "--cuda-graph", "--device", "cpu"),
             "--cuda-graph needs a GPU, but this run is on cpu")
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+#: the algorithms whose whole training step can be captured: a graph-safe optimiser, no host draws
+WHOLE_STEP_ALGOS = [a for a in BATCHED_ALGOS if ALGORITHMS[a].optimizer.capturable
+                    and not make_learner(a, "batched", make_net(a)).draws_step_inputs]
+
+
+def _source(seed: int = 3):
+    return build_task_source("tensor", make_tiny_split(num_classes=8, per_class=6, size=SIZE), WAYS, 1, 2, seed=seed)
+
+
+def _adam(algo: str, learner, **optim):
+    c = resolve(validate(config(algo=algo, train_ways=None, ways=WAYS, **optim)))
+    return build_optimizer(c, learner)
+
+
+@pytest.mark.parametrize("algo", WHOLE_STEP_ALGOS)
+def test_captured_training_steps_equal_eager_steps(algo):
+    """sample -> meta-gradient -> clip -> Adam, five times: the captured protocol (one warm-up,
+    then static buffers) leaves the weights, optimiser state and sampler exactly where eager steps do."""
+    net = make_net(algo, torch.float32)
+    plain, held = (make_learner(algo, "batched", copy.deepcopy(net)) for _ in range(2))
+    (plain_opt, _), (held_opt, _) = _adam(algo, plain), _adam(algo, held)
+    plain_src, held_src = _source(), _source()
+    step = CapturedTrainingStep(held, held_src, 4, held_opt, grad_clip=0.5, warmup=1, backend="eager")
+    for n in range(5):
+        expected = plain.meta_gradient(plain_src.sample(4))
+        torch.nn.utils.clip_grad_norm_(plain.meta_parameters(), 0.5)
+        plain_opt.step()
+        got = step()
+        assert step.captured == (n >= 1)
+        assert {k: v.item() for k, v in got.items()} == {k: v.item() for k, v in expected.items()}
+    for a, b in zip(held.meta_parameters(), plain.meta_parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(held_src.generator.get_state(), plain_src.generator.get_state())
+    assert step.call.captures == 1
+
+
+def test_a_learning_rate_change_captures_the_whole_step_again():
+    """The graph holds the learning rate it was captured with: a step decay re-captures it."""
+    learner = make_learner("maml", "batched", make_net("maml", torch.float32))
+    optimizer, scheduler = _adam("maml", learner, lr_decay=0.5, lr_decay_every=2)
+    step = CapturedTrainingStep(learner, _source(), 2, optimizer, warmup=1, backend="eager")
+    for _ in range(7):  # lr 1e-3 for steps 1-2, 5e-4 for 3-4, 2.5e-4 for 5-6, 1.25e-4 for 7
+        step()
+        scheduler.step()
+    assert step.call.captures == 4  # at step 2 (after the warm-up), then at steps 3, 5 and 7
+
+
+def test_a_whole_step_capture_refuses_host_draws_and_the_l2l_sampler():
+    reptile = make_learner("reptile", "batched", make_net("reptile", torch.float32))
+    with pytest.raises(ValueError, match="draws step inputs on the host each step; capture its meta-gradient"):
+        CapturedTrainingStep(reptile, _source(), 2, torch.optim.SGD(reptile.meta_parameters(), lr=1.0))
+    maml = make_learner("maml", "batched", make_net("maml", torch.float32))
+    l2l = build_task_source("l2l", make_tiny_split(num_classes=8, per_class=6, size=SIZE), WAYS, 1, 2, seed=0)
+    with pytest.raises(ValueError, match="with the tensor sampler only, not L2LTaskSource; pass --sampler tensor"):
+        CapturedTrainingStep(maml, l2l, 2, _adam("maml", maml)[0])
+
+
+def test_the_tensor_sampler_draws_its_keys_then_gathers():
+    """`sample` is `draw_keys` (the only random part) followed by `batch_from_keys`."""
+    a, b = _source(seed=5), _source(seed=5)
+    for _ in range(3):
+        whole, parts = a.sample(3), b.batch_from_keys(**b.draw_keys(3))
+        for name in ("support_x", "support_y", "query_x", "query_y"):
+            assert torch.equal(getattr(whole, name), getattr(parts, name))
+
+
+@pytest.mark.training
+def test_the_trainer_with_a_captured_whole_step_writes_the_uncaptured_run(tmp_path, monkeypatch):
+    """Training through `CapturedTrainingStep` (eager backend: the graph protocol without a GPU)
+    logs the same rows and ends with the same weights as op-by-op training, and a run stopped at
+    step 4 and resumed to 8 ends where the uninterrupted one does."""
+    from l2l_app.trainer import Trainer
+    common = dict(algo="maml", engine="batched", sampler="tensor", val_every=4, checkpoint_every=4, grad_clip=1.0)
+    plain = Trainer(config(iterations=8, **common), tmp_path / "plain", progress=False)
+    plain.fit()
+    monkeypatch.setattr(experiment, "resolve_cuda_graph", lambda *args: True)
+    held = Trainer(config(iterations=8, **common), tmp_path / "held", progress=False)
+    assert held.captured_step is not None and held.captured is None
+    held.fit()
+    assert held.captured_step.captured
+    run_info = __import__("json").loads((tmp_path / "held" / "run.json").read_text())
+    assert run_info["graph_extent"] == "step" and "each whole step" in run_info["execution"]
+    assert train_log(tmp_path / "held") == train_log(tmp_path / "plain")
+    first = Trainer(config(iterations=4, **common), tmp_path / "resumed", progress=False)
+    first.fit()
+    from l2l_app.trainer import resume_config
+    resumed = Trainer(resume_config(tmp_path / "resumed", {"iterations": 8}), tmp_path / "resumed",
+                      resume=True, progress=False)
+    resumed.fit()
+    for name in ("held", "resumed"):
+        for k, v in weights(tmp_path / name).items():
+            assert torch.equal(v, weights(tmp_path / "plain")[k]), (name, k)
+
+
+def test_the_graph_extent_follows_the_sampler_the_optimiser_and_skip_nonfinite(monkeypatch):
+    monkeypatch.setattr(experiment, "resolve_cuda_graph", lambda *args: True)
+
+    def extent(**kw):
+        return experiment.Experiment.build(config(engine="batched", **kw), device="cpu",
+                                           meta_batch=2).graph_extent
+    assert extent(algo="maml", sampler="tensor") == "step"
+    assert extent(algo="maml", sampler="l2l") == "meta-gradient"
+    assert extent(algo="maml", sampler="tensor", skip_nonfinite=True) == "meta-gradient"
+    assert extent(algo="reptile", sampler="tensor", train_ways=None) == "meta-gradient"

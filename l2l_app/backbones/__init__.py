@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES, import_submodules
+from .conv import CONV_IMPLS, TaskConv2d, set_conv_impl
 from .conv4 import Conv4, conv_block
 from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, native_task_batch_norm,
                    primitive_batch_norm)
@@ -25,7 +26,7 @@ from .spec import BackboneSpec
 
 import_submodules(__name__)
 
-__all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules", "has_batch_norm",
+__all__ = ["CONV_IMPLS", "TaskConv2d", "set_conv_impl", "BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules", "has_batch_norm",
            "TaskBatchNorm2d", "batchnorm_mode", "BN_EPS", "primitive_batch_norm", "native_task_batch_norm",
            "Conv4", "conv_block"]
 

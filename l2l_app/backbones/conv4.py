@@ -12,6 +12,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
+from .conv import TaskConv2d
 from .norm import TaskBatchNorm2d
 from .spec import BackboneSpec
 
@@ -20,7 +21,7 @@ def conv_block(in_channels: int, out_channels: int, max_pool: bool) -> nn.Sequen
     """3x3 conv -> batch norm -> ReLU -> 2x2 max-pool (or stride-2 conv when max_pool=False)."""
     stride = 1 if max_pool else 2
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1),
+        TaskConv2d(in_channels, out_channels, 3, stride=stride, padding=1),
         TaskBatchNorm2d(out_channels),
         nn.ReLU(),
     ]

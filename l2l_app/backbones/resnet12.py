@@ -25,6 +25,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES
+from .conv import TaskConv2d
 from .norm import TaskBatchNorm2d
 from .spec import BackboneSpec
 
@@ -33,7 +34,7 @@ BLOCKS = 4
 
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+    return TaskConv2d(in_channels, out_channels, 3, padding=1, bias=False)
 
 
 class ResidualBlock12(nn.Module):
@@ -50,7 +51,7 @@ class ResidualBlock12(nn.Module):
         self.norm2 = TaskBatchNorm2d(out_channels)
         self.conv3 = _conv3x3(out_channels, out_channels)
         self.norm3 = TaskBatchNorm2d(out_channels)
-        self.shortcut_conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.shortcut_conv = TaskConv2d(in_channels, out_channels, 1, bias=False)
         self.shortcut_norm = TaskBatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

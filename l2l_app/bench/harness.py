@@ -13,10 +13,16 @@ Implementations (``--impl``):
   (`engine.graphs.CapturedMetaGradient`, what training uses on a GPU); ``batched-compiled-captured``:
   the compiled kernels inside that graph.  Its first calls run eagerly (warm-up), the capture
   happens during the warm-up calls, and its gradient column is measured on a replay.
+* ``batched-captured-step`` and ``batched-compiled-captured-step`` (end to end only): the whole
+  training step -- the tensor sampler's gather, the meta-gradient, clipping and the optimiser
+  step (Adam with its step count on the device) -- as one CUDA graph
+  (`engine.graphs.CapturedTrainingStep`, what training uses on a GPU where it can).
 
 Modes: ``compute only`` times the meta-gradient on one fixed meta-batch; ``end to end`` times what
-a training step does: draw the meta-batch (the impl's sampler), the meta-gradient, and the
-algorithm's optimiser step.
+a training step does: draw the meta-batch (the impl's sampler), the meta-gradient, gradient
+clipping when the workload clips, and the algorithm's optimiser step.  ``--cudnn-benchmark``
+turns cuDNN's autotuner on for every impl, ``--conv-impl unfold`` computes every convolution as
+im2col + one matrix product (`backbones.conv`); both are recorded in bench.json's settings.
 
 Every implementation starts from a deep copy of one initialised model and sees the same
 meta-batch.  Its first call gives the meta-gradient, compared with the loop's (relative L2);
@@ -51,18 +57,20 @@ from ..config import ExperimentConfig, resolve, validate, with_overrides
 from ..data import EpisodeBatch, SplitData, build_task_source
 from ..data.types import IMAGES
 from ..errors import ConfigError
-from ..engine.graphs import CapturedMetaGradient
-from ..experiment import build_learner, build_model, load_config_split
+from ..engine.graphs import CapturedMetaGradient, CapturedTrainingStep
+from ..experiment import build_learner, build_model, build_optimizer, load_config_split
 from ..registry import DATASETS
 from . import torchmeta_style
 
 IMPLS = ("loop", "torchmeta", "batched", "batched-compiled", "batched-cudagraphs", "batched-captured",
-         "batched-compiled-captured")
+         "batched-compiled-captured", "batched-captured-step", "batched-compiled-captured-step")
 #: torch.compile mode of each compiled impl
 COMPILE_MODES = {"batched-compiled": "default", "batched-cudagraphs": "reduce-overhead",
-                 "batched-compiled-captured": "default"}
+                 "batched-compiled-captured": "default", "batched-compiled-captured-step": "default"}
 #: the impls whose meta-gradient is one captured CUDA graph (engine.graphs)
 CAPTURED = ("batched-captured", "batched-compiled-captured")
+#: the impls whose whole training step is one captured CUDA graph (end to end only)
+WHOLE_STEP = ("batched-captured-step", "batched-compiled-captured-step")
 SWEEPABLE = {"meta-batch": "meta_batch", "inner-steps": "inner_steps"}
 
 
@@ -219,6 +227,8 @@ class BenchSettings:
     with_sampler: bool = False
     synthetic: bool = False
     tf32: bool = False
+    cudnn_benchmark: bool = False
+    conv_impl: str = "native"
     seed: int = 0
     sweeps: Dict[str, List[int]] = field(default_factory=dict)
     #: the recipe whose training workload this is (`recipe_workload`), for the record
@@ -270,7 +280,7 @@ def experiment_config(s: BenchSettings, **changes: Any) -> ExperimentConfig:
     """The training config whose meta-step is timed (resolved: every derived value filled in)."""
     overrides = dict(algo=s.algo, dataset=s.dataset, data_root=s.data_root, ways=s.ways, shots=s.shots,
                      queries=s.queries, meta_batch=s.meta_batch, hidden=s.hidden, backbone=s.backbone,
-                     seed=s.seed, tf32=s.tf32, **s.algorithm)
+                     seed=s.seed, tf32=s.tf32, conv_impl=s.conv_impl, **s.algorithm)
     overrides.update(changes)
     return resolve(validate(with_overrides(ExperimentConfig(), overrides)))
 
@@ -326,6 +336,7 @@ class Bench:
         self.progress = progress
         self.device = runtime.resolve_device(s.device)
         runtime.set_tf32(s.tf32)
+        runtime.set_cudnn_benchmark(s.cudnn_benchmark)
         if s.warmup is None:
             s.warmup = 2 if self.device.type == "cpu" else 5
         if s.repeats is None:
@@ -355,6 +366,10 @@ class Bench:
         mb = config.optim.meta_batch
         out: Dict[str, Any] = {"impl": impl, "mode": "end to end" if end_to_end else "compute only",
                                "meta_batch": mb, "inner_steps": getattr(config.algorithm, "inner_steps", None)}
+        if impl in WHOLE_STEP and not end_to_end:
+            out.update(status="skipped", note="end to end only: it captures the whole training step")
+            self.progress(f"[bench] {label}{impl:<17} skipped in compute-only mode (end to end only)")
+            return out
         try:
             learner, skip = build_impl(impl, config, self.model)
         except Exception as exc:  # e.g. the batched engine unavailable: report, don't abort the bench
@@ -372,11 +387,17 @@ class Bench:
             source = build_task_source(sampler_kind(impl), self.split, self.s.ways, self.s.shots,
                                        self.s.queries, seed=self.s.seed, device=self.device)
             out["sampler"] = sampler_kind(impl)
-            optimizer, _ = config.spec.optimizer.build(learner.meta_parameters(), config.optim, config.algorithm)
-
-            def fn() -> None:
-                meta_gradient(source.sample(mb))
-                optimizer.step()
+            whole = impl in WHOLE_STEP
+            optimizer, _ = build_optimizer(config, learner, capturable=whole and self.device.type == "cuda")
+            clip = config.optim.grad_clip
+            if whole:
+                fn = CapturedTrainingStep(learner, source, mb, optimizer, clip)
+            else:
+                def fn() -> None:
+                    meta_gradient(source.sample(mb))
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(learner.meta_parameters(), clip)
+                    optimizer.step()
         else:
             fn = lambda: meta_gradient(batch)  # noqa: E731
         try:
@@ -393,6 +414,8 @@ class Bench:
                     self.sync()
                     grads = _grads(learner)
                     out["captured"] = getattr(meta_gradient, "captured", False)
+                if impl in WHOLE_STEP:
+                    out["captured"] = fn.captured
         except Exception as exc:
             out.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             self.progress(f"[bench] {label}{impl:<17} error: {out['note']}")
@@ -474,6 +497,7 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
                      "label": bench.config.algo_label},
         "device": str(bench.device),
         "device_name": env["cuda"] if bench.device.type == "cuda" else env["cpu"],
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32": {"requested": s.tf32, "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                  "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
                  "applies": bench.device.type == "cuda"},

@@ -66,8 +66,10 @@ def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int
 
 
 def _episode_labels(ways: int, per_class: int, num_tasks: int, device) -> torch.Tensor:
-    """long [num_tasks, ways*per_class]: 0,0,..,1,1,.. (each label `per_class` times)."""
-    return torch.arange(ways, device=device).repeat_interleave(per_class).expand(num_tasks, -1).contiguous()
+    """long [num_tasks, ways*per_class]: 0,0,..,1,1,.. (each label `per_class` times).
+    (A floor division rather than `repeat_interleave`: no output size to compute, so it can be
+    captured in a CUDA graph.)"""
+    return (torch.arange(ways * per_class, device=device) // per_class).expand(num_tasks, -1).contiguous()
 
 
 def _batch_from_indices(images: torch.Tensor, support_idx: torch.Tensor, query_idx: torch.Tensor,
@@ -213,20 +215,33 @@ class TensorTaskSource:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
-    def sample_indices(self, num_tasks: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(support_idx [B, ways*shots], query_idx [B, ways*queries]) on `device`."""
+    def draw_keys(self, num_tasks: int) -> Dict[str, torch.Tensor]:
+        """A meta-batch's random draws, the only part of sampling that uses the generator:
+        class_keys [B, num_classes] and image_keys [B, ways, max images per class], uniform on `device`."""
         if num_tasks < 1:
             raise ConfigError(f"number of tasks must be at least 1, got {num_tasks}")
         g, dev = self.generator, self.device
         num_classes, width = self.table.shape
-        k = self.shots + self.queries
-        class_keys = torch.rand(num_tasks, num_classes, generator=g, device=dev)
+        return {"class_keys": torch.rand(num_tasks, num_classes, generator=g, device=dev),
+                "image_keys": torch.rand(num_tasks, self.ways, width, generator=g, device=dev)}
+
+    def indices_from_keys(self, class_keys: torch.Tensor, image_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(support_idx [B, ways*shots], query_idx [B, ways*queries]) for the keys of `draw_keys`:
+        deterministic tensor ops with no host synchronisation (a CUDA graph can hold them)."""
+        num_tasks = class_keys.shape[0]
         classes = class_keys.topk(self.ways, dim=1).indices  # [B, W], distinct, uniformly random order
-        image_keys = torch.rand(num_tasks, self.ways, width, generator=g, device=dev)
         image_keys = image_keys.masked_fill(~self.valid[classes], float("-inf"))
-        pos = image_keys.topk(k, dim=2).indices  # [B, W, K] distinct valid positions
+        pos = image_keys.topk(self.shots + self.queries, dim=2).indices  # [B, W, K] distinct valid positions
         idx = self.table[classes].gather(2, pos)  # [B, W, K] indices into images
         return (idx[:, :, :self.shots].reshape(num_tasks, -1), idx[:, :, self.shots:].reshape(num_tasks, -1))
+
+    def batch_from_keys(self, class_keys: torch.Tensor, image_keys: torch.Tensor) -> EpisodeBatch:
+        """The meta-batch the keys of `draw_keys` select (what `sample` returns for them)."""
+        return self.batch_at(*self.indices_from_keys(class_keys, image_keys))
+
+    def sample_indices(self, num_tasks: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(support_idx [B, ways*shots], query_idx [B, ways*queries]) on `device`."""
+        return self.indices_from_keys(**self.draw_keys(num_tasks))
 
     def batch_at(self, support_idx: torch.Tensor, query_idx: torch.Tensor) -> EpisodeBatch:
         """The episodes at these indices (into split.images), as model inputs on `device`."""

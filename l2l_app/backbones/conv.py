@@ -1,0 +1,62 @@
+"""Task convolution: `nn.Conv2d` with a second, numerically equivalent implementation.
+
+* ``native``: `torch.nn.functional.conv2d` (cuDNN on a GPU).  Under `vmap` with per-task weights
+  (MAML's adapted parameters) it becomes a grouped convolution, one group per task.
+* ``unfold``: im2col (`F.unfold`) and one matrix product.  Under `vmap` the product with per-task
+  weights becomes one batched GEMM, which on a GPU can beat cuDNN's grouped kernels for the
+  small images of few-shot learning; `l2l-app bench --conv-impl unfold` measures it.
+
+Both give the same numbers to rounding (tests/test_backbones.py holds them to 1e-12 in float64,
+gradients of gradients under vmap included).  The parameters, their names and the state dict
+are `nn.Conv2d`'s, so checkpoints do not depend on the implementation.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONV_IMPLS = ("native", "unfold")
+
+
+def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """conv2d (zero padding, no dilation, one group) as im2col + matmul.
+
+    x [N, Cin, H, W], weight [Cout, Cin, kh, kw], bias [Cout] or None -> [N, Cout, Ho, Wo].
+    """
+    n, _, h, w = x.shape
+    cout, _, kh, kw = weight.shape
+    cols = F.unfold(x, (kh, kw), padding=padding, stride=stride)             # [N, Cin*kh*kw, L]
+    out = torch.einsum("ok,nkl->nol", weight.reshape(cout, -1), cols)          # [N, Cout, L]
+    if bias is not None:
+        out = out + bias[:, None]
+    ho = (h + 2 * padding[0] - kh) // stride[0] + 1
+    wo = (w + 2 * padding[1] - kw) // stride[1] + 1
+    return out.reshape(n, cout, ho, wo)
+
+
+class TaskConv2d(nn.Conv2d):
+    """`nn.Conv2d` whose `impl` ('native' | 'unfold') picks how it computes (`set_conv_impl`).
+
+    'unfold' covers zero padding, no dilation and one group (every backbone's convolutions);
+    any other convolution stays native.
+    """
+
+    impl: str = "native"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.impl == "unfold" and self.groups == 1 and self.dilation == (1, 1)
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
+            return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return super().forward(x)
+
+
+def set_conv_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every TaskConv2d in `model` to `impl`; returns the model."""
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"convolution impl must be one of {', '.join(CONV_IMPLS)}, got {impl!r}")
+    for m in model.modules():
+        if isinstance(m, TaskConv2d):
+            m.impl = impl
+    return model

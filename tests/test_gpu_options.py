@@ -1,0 +1,80 @@
+"""The GPU speed options as a CPU can check them: `--conv-impl` and `--cudnn-benchmark` reach the
+model and torch and are recorded in run.json, bad values are refused in one line, and
+benchmarks/reproduce.py's `--pick` turns bench results into training flags by its stated rule."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2l_app.backbones import TaskConv2d
+from l2l_app.experiment import Experiment
+from conftest import cli_run, refused
+from test_trainer import config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from reproduce import pick_train_args  # noqa: E402
+
+
+@pytest.fixture
+def cudnn_benchmark_restored():
+    before = torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cudnn.benchmark = before
+
+
+def test_conv_impl_and_cudnn_benchmark_reach_the_model_and_torch(cudnn_benchmark_restored):
+    x = Experiment.build(config(algo="maml", conv_impl="unfold", cudnn_benchmark=True), device="cpu")
+    convs = [m for m in x.model.modules() if isinstance(m, TaskConv2d)]
+    assert len(convs) == 4 and all(m.impl == "unfold" for m in convs)
+    assert torch.backends.cudnn.benchmark is True
+    assert "unfold convolutions" in x.describe_execution()
+    plain = Experiment.build(config(algo="maml"), device="cpu")
+    assert all(m.impl == "native" for m in plain.model.modules() if isinstance(m, TaskConv2d))
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_train_with_unfold_convolutions_records_it(tmp_path, cudnn_benchmark_restored):
+    run = tmp_path / "run"
+    result = cli_run("train", "--algo", "protonet", "--hidden", "8", "--ways", "3", "--shots", "1", "--queries", "2",
+                     "--iterations", "2", "--val-every", "2", "--val-episodes", "2", "--device", "cpu",
+                     "--conv-impl", "unfold", "--quiet", "--out", run)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["run"]["conv_impl"] == "unfold"
+    assert "unfold convolutions" in json.loads((run / "run.json").read_text())["execution"]
+
+
+def test_a_bad_conv_impl_is_refused_in_one_line(tmp_path):
+    refused(cli_run("train", "--algo", "protonet", "--conv-impl", "fft", "--out", tmp_path / "run"),
+            "--conv-impl", "fft", "native", "unfold")
+    assert not (tmp_path / "run").exists()
+
+
+def _bench(rows, cudnn=False, conv="native"):
+    return {"settings": {"cudnn_benchmark": cudnn, "conv_impl": conv},
+            "results": [{"impl": impl, "mode": mode, "status": "ok", "median_ms": ms} for impl, mode, ms in rows]}
+
+
+E2E = "end to end"
+
+
+def test_pick_takes_the_fastest_end_to_end_configuration():
+    plain = _bench([("batched-captured-step", E2E, 5.0), ("batched-compiled-captured-step", E2E, 4.0)])
+    tuned = _bench([("batched-captured-step", E2E, 3.0), ("batched-compiled-captured-step", E2E, 2.0)], cudnn=True)
+    unfold = _bench([("batched-captured-step", E2E, 3.5)], conv="unfold")
+    # compiled 2.0 < 0.75 * 3.0: compile pays; the autotuned bench won
+    assert pick_train_args([plain, tuned, unfold]) == ["--compile", "--cudnn-benchmark"]
+    # compiled 2.4 is not 25% under 3.0: no compile
+    tuned_close = _bench([("batched-captured-step", E2E, 3.0), ("batched-compiled-captured-step", E2E, 2.4)],
+                         cudnn=True)
+    assert pick_train_args([plain, tuned_close]) == ["--cudnn-benchmark"]
+    assert pick_train_args([plain, _bench([("batched-captured-step", E2E, 1.0)], conv="unfold")]) == \
+        ["--conv-impl=unfold"]
+    # compute-only rows, failed rows and impls that training cannot be are ignored
+    ignored = _bench([("batched-captured-step", "compute only", 0.1), ("batched", E2E, 0.2),
+                      ("loop", E2E, 0.3)], cudnn=True)
+    assert pick_train_args([plain, ignored]) == []
+    assert pick_train_args([]) == []
