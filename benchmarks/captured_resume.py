@@ -6,7 +6,9 @@ resumed halfway against one that was not stopped (MAML Omniglot 5w1s recipe, 40 
 Four runs from the same seed: eager twice (`--no-cuda-graph`: the device's own run-to-run
 floor, nonzero where a kernel sums with atomics), captured, and captured stopped at step 20 and
 resumed to 40 (a new trainer: a fresh capture).  Reported: the largest absolute difference of
-any final weight, and whether the logged losses agree, for each pair.  On a CPU there is no
+any final weight, and whether the logged losses agree, for each pair, and what the captured
+runs' graph held (`graph_extent` from run.json: the whole step with the recipe's tensor sampler
+and Adam, whose captured form keeps its step count on the device).  On a CPU there is no
 capture: the script checks the eager resume only.
 """
 from __future__ import annotations
@@ -70,8 +72,10 @@ def main() -> None:
                                                           meta_batch=small)
         logs = {"eager": losses(root / "eager"), "eager again": losses(root / "eager2"),
                 f"{kind}, resumed at {STEPS // 2}": losses(root / "resumed")}
+        extent = None
         if cuda:
             logs["captured"] = losses(root / "captured")
+            extent = json.loads((root / "captured" / "run.json").read_text()).get("graph_extent")
         pairs = [("eager", "eager again"), ("eager", kind), (kind, f"{kind}, resumed at {STEPS // 2}")]
         for a, b in pairs:
             if a == b:
@@ -82,7 +86,8 @@ def main() -> None:
                   f"losses identical: {logs[a] == logs[b]}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": environment(), "device": args.device, "steps": STEPS,
-                                    "workload": "maml-omniglot-5w1s recipe, batched engine", "pairs": rows},
+                                    "workload": "maml-omniglot-5w1s recipe, batched engine",
+                                    "graph_extent": extent, "pairs": rows},
                                    indent=2) + "\n")
 
 

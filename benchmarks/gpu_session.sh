@@ -8,7 +8,7 @@
 #
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
 #     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh  # parity, benches, captured resume,
-#                                                            #   ProtoNet reproduction (~6.5 min)
+#                                                            #   ProtoNet reproduction (~7 min)
 #     STEPS=maml OUT=/path bash benchmarks/gpu_session.sh    # MAML: 6 min of training + eval (~7.5 min)
 #     STEPS=more OUT=/path bash benchmarks/gpu_session.sh    # Reptile, Meta-SGD, ANIL trained together (~4 min)
 #     STEPS=all: all three (over one call's 10 minutes: use it only where calls may be longer)
@@ -86,6 +86,8 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
     --impl loop,batched,batched-captured,batched-compiled-captured,$CAPTURED
   bench bench-protonet-omniglot-5w1s-cudnn-benchmark 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --cudnn-benchmark
+  bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --conv-impl unfold
   stamp "captured training resumes"
   timeout 90 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"

@@ -413,3 +413,26 @@ def test_learn2learn_omniglotcnn_is_rejected():
     import learn2learn as l2l
     with pytest.raises(ValueError, match="registered twice"):
         BatchedMAML(l2l.vision.models.OmniglotCNN(WAYS), MAMLSettings(INNER_LR, 1))
+
+
+@pytest.fixture
+def vmap_fallback_warnings():
+    """functorch warns when an op under vmap has no batching rule and runs once per task in Python."""
+    torch._C._functorch._set_vmap_fallback_warning_enabled(True)
+    yield
+    torch._C._functorch._set_vmap_fallback_warning_enabled(False)
+
+
+@pytest.mark.parametrize("conv_impl", ["native", "unfold"])
+@pytest.mark.parametrize("algo", BATCHED_ALGOS)
+def test_no_op_of_a_batched_step_falls_back_to_a_per_task_loop(algo, conv_impl, vmap_fallback_warnings):
+    """Every op of every batched meta-step, second order included, has a vmap batching rule, with
+    either convolution: a fallback would run that op task by task (and launch B kernels on a GPU)."""
+    import warnings
+    from l2l_app.backbones import set_conv_impl
+    learner = make_learner(algo, "batched", set_conv_impl(make_net(algo), conv_impl))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learner.meta_gradient(random_episodes(WAYS, 2, 2, 3, SIZE, torch.float64, seed=0))
+    fallbacks = [str(w.message) for w in caught if "fallback" in str(w.message) or "batching rule" in str(w.message)]
+    assert not fallbacks, fallbacks[0][:200]

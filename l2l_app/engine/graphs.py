@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..data.samplers import TensorTaskSource
 from ..data.types import EpisodeBatch
 from ..learner import MetaLearner, StepMetrics
 
@@ -168,13 +169,14 @@ class CapturedTrainingStep:
     meta-gradient instead (`CapturedMetaGradient`).
     """
 
-    def __init__(self, learner: MetaLearner, source, meta_batch: int, optimizer: torch.optim.Optimizer,
+    def __init__(self, learner: MetaLearner, source: TensorTaskSource, meta_batch: int,
+                 optimizer: torch.optim.Optimizer,
                  grad_clip: Optional[float] = None, warmup: int = GRAPH_WARMUP_STEPS,
                  backend: Optional[str] = None) -> None:
         if learner.draws_step_inputs:
             raise ValueError(f"{type(learner).__name__} draws step inputs on the host each step; capture its "
                              f"meta-gradient alone (CapturedMetaGradient)")
-        if not hasattr(source, "draw_keys"):
+        if not isinstance(source, TensorTaskSource):
             raise ValueError(f"the whole step can be captured with the tensor sampler only, not "
                              f"{type(source).__name__}; pass --sampler tensor")
         self.learner, self.source, self.meta_batch = learner, source, meta_batch
