@@ -2,13 +2,13 @@
 # The one prepared GPU session: install learn2learn from the carried sdist, check engine parity
 # (the captured meta-gradient and the captured whole training step too) on the GPU, time the
 # recipes' training steps with `l2l-app bench` in every configuration training can pick (eager
-# or compiled kernels in the graph; cuDNN autotuning off/on; native or unfold convolutions), and
+# or compiled kernels in the graph; cuDNN autotuning off/on; native, NHWC or unfold convolutions), and
 # reproduce the published Omniglot numbers with `benchmarks/reproduce.py`, each recipe training
 # with the flags its bench measured fastest (`reproduce.py --pick`).
 #
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
 #     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh  # parity, benches, captured resume,
-#                                                            #   ProtoNet reproduction (~7 min)
+#                                                            #   ProtoNet reproduction (~7.5 min)
 #     STEPS=maml OUT=/path bash benchmarks/gpu_session.sh    # MAML: 6 min of training + eval (~7.5 min)
 #     STEPS=more OUT=/path bash benchmarks/gpu_session.sh    # Reptile, Meta-SGD, ANIL trained together (~4 min)
 #     STEPS=all: all three (over one call's 10 minutes: use it only where calls may be longer)
@@ -86,6 +86,8 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
     --impl loop,batched,batched-captured,batched-compiled-captured,$CAPTURED
   bench bench-protonet-omniglot-5w1s-cudnn-benchmark 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --cudnn-benchmark
+  bench bench-protonet-omniglot-5w1s-channels-last 60 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --conv-impl channels-last
   bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --conv-impl unfold
   stamp "captured training resumes"

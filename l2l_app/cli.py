@@ -203,8 +203,9 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
         ("cudnn_benchmark", None, "GPU: let cuDNN time its algorithms for each convolution shape and keep "
                                   "the fastest (the first steps are slower)"),
-        ("conv_impl", Choices(CONV_IMPLS), "native: cuDNN convolutions; unfold: im2col + one matrix product "
-                                           "(a batched GEMM across tasks; the same numbers to rounding)"),
+        ("conv_impl", Choices(CONV_IMPLS), "native: cuDNN convolutions; channels-last: on NHWC tensors (not "
+                                           "under vmap); unfold: im2col + one matrix product (a batched GEMM "
+                                           "across tasks); the same numbers to rounding"),
         ("val_every", int, "validate every N steps"),
         ("val_episodes", int, "validation episodes"),
         ("checkpoint_every", int, "write checkpoints/last.pt every N steps"),
@@ -464,7 +465,8 @@ def recipes(as_json) -> None:
 @click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False,
               help="let cuDNN time its algorithms for each convolution shape (GPU; default off)")
 @click.option("--conv-impl", type=Choices(CONV_IMPLS), default="native", show_default=True,
-              help="native: cuDNN convolutions; unfold: im2col + one matrix product")
+              help="native: cuDNN convolutions; channels-last: on NHWC tensors (not under vmap); "
+                   "unfold: im2col + one matrix product")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
 def bench(out, impls, sweeps, recipe, algo, **settings) -> None:

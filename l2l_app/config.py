@@ -170,7 +170,8 @@ class RunConfig:
     tf32: bool = False
     #: let cuDNN time its algorithms for each convolution shape and keep the fastest (GPU)
     cudnn_benchmark: bool = False
-    #: how convolutions compute: native (cuDNN) or unfold (im2col + one matrix product; `backbones.conv`)
+    #: how convolutions compute: native (cuDNN), channels-last (NHWC) or unfold (im2col + one matrix
+    #: product); `backbones.conv`
     conv_impl: str = "native"
     val_every: int = 100
     val_episodes: int = 200

@@ -156,17 +156,21 @@ def test_native_and_primitive_batch_norm_agree(name, in_channels, size):
 
 @pytest.mark.parametrize("in_channels,size", INPUTS)
 @pytest.mark.parametrize("name", NAMES)
-def test_unfold_and_native_convolutions_agree(name, in_channels, size):
-    """im2col + matmul computes every backbone's convolutions (strided, padded, 1x1, no bias) as
-    cuDNN/native does: float64 rounding, the same bound as the batch-norm forms."""
+def test_every_convolution_impl_agrees_with_native(name, in_channels, size):
+    """im2col + matmul, and NHWC tensors, compute every backbone's convolutions (strided, padded,
+    1x1, no bias) as cuDNN/native does: float64 rounding, the same bound as the batch-norm forms;
+    their input gradients too."""
     model = make(name, in_channels, size)
-    x = images(4, in_channels, size)
+    x = images(4, in_channels, size).requires_grad_()
     native = model(x)
+    (native_grad,) = torch.autograd.grad(native.pow(2).sum(), x)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    unfolded = set_conv_impl(model, "unfold")(x)
-    assert rel_diff(unfolded, native) < BN_REL
+    for impl in CONV_IMPLS:
+        out = set_conv_impl(model, impl)(x)
+        (out_grad,) = torch.autograd.grad(out.pow(2).sum(), x)
+        assert rel_diff(out, native) < BN_REL and rel_diff(out_grad, native_grad) < BN_REL, impl
     assert model.state_dict().keys() == state.keys()  # checkpoints do not depend on the impl
-    with pytest.raises(ValueError, match="convolution impl must be one of native, unfold, got 'fft'"):
+    with pytest.raises(ValueError, match="convolution impl must be one of native, channels-last, unfold, got 'fft'"):
         set_conv_impl(model, "fft")
 
 

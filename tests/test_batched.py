@@ -423,7 +423,7 @@ def vmap_fallback_warnings():
     torch._C._functorch._set_vmap_fallback_warning_enabled(False)
 
 
-@pytest.mark.parametrize("conv_impl", ["native", "unfold"])
+@pytest.mark.parametrize("conv_impl", ["native", "channels-last", "unfold"])
 @pytest.mark.parametrize("algo", BATCHED_ALGOS)
 def test_no_op_of_a_batched_step_falls_back_to_a_per_task_loop(algo, conv_impl, vmap_fallback_warnings):
     """Every op of every batched meta-step, second order included, has a vmap batching rule, with

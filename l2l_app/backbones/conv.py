@@ -2,12 +2,18 @@
 
 * ``native``: `torch.nn.functional.conv2d` (cuDNN on a GPU).  Under `vmap` with per-task weights
   (MAML's adapted parameters) it becomes a grouped convolution, one group per task.
+* ``channels-last``: `conv2d` on NHWC tensors (`torch.channels_last`), which cuDNN may run with
+  other kernels; the outputs stay NHWC through batch norm, ReLU and pooling.  vmap cannot hold a
+  channels-last tensor, so under torch.func's transforms (the MAML family's batched engines) it
+  computes natively;
+  it is for the engines without vmap (ProtoNet's batched engine, every loop engine).
 * ``unfold``: im2col (`F.unfold`) and one matrix product.  Under `vmap` the product with per-task
   weights becomes one batched GEMM, which on a GPU can beat cuDNN's grouped kernels for the
-  small images of few-shot learning; `l2l-app bench --conv-impl unfold` measures it.
+  small images of few-shot learning.
 
-Both give the same numbers to rounding (tests/test_backbones.py holds them to 1e-12 in float64,
-gradients of gradients under vmap included).  The parameters, their names and the state dict
+`l2l-app bench --conv-impl NAME` measures each.  All give the same numbers to rounding
+(tests/test_backbones.py holds them to 1e-12 in float64, gradients of gradients under vmap
+included).  The parameters, their names and the state dict
 are `nn.Conv2d`'s, so checkpoints do not depend on the implementation.
 """
 from __future__ import annotations
@@ -16,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CONV_IMPLS = ("native", "unfold")
+CONV_IMPLS = ("native", "channels-last", "unfold")
 
 
 def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -37,10 +43,10 @@ def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 class TaskConv2d(nn.Conv2d):
-    """`nn.Conv2d` whose `impl` ('native' | 'unfold') picks how it computes (`set_conv_impl`).
+    """`nn.Conv2d` whose `impl` (one of CONV_IMPLS) picks how it computes (`set_conv_impl`).
 
     'unfold' covers zero padding, no dilation and one group (every backbone's convolutions);
-    any other convolution stays native.
+    any other convolution stays native.  'channels-last' computes natively under torch.func.
     """
 
     impl: str = "native"
@@ -49,6 +55,11 @@ class TaskConv2d(nn.Conv2d):
         if (self.impl == "unfold" and self.groups == 1 and self.dilation == (1, 1)
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
             return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        if (self.impl == "channels-last" and x.dim() == 4
+                and not torch._C._functorch.is_functorch_wrapped_tensor(x)):  # vmap/grad cannot hold NHWC
+            nhwc = torch.channels_last
+            return self._conv_forward(x.contiguous(memory_format=nhwc), self.weight.contiguous(memory_format=nhwc),
+                                      self.bias)
         return super().forward(x)
 
 

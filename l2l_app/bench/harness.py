@@ -21,8 +21,8 @@ Implementations (``--impl``):
 Modes: ``compute only`` times the meta-gradient on one fixed meta-batch; ``end to end`` times what
 a training step does: draw the meta-batch (the impl's sampler), the meta-gradient, gradient
 clipping when the workload clips, and the algorithm's optimiser step.  ``--cudnn-benchmark``
-turns cuDNN's autotuner on for every impl, ``--conv-impl unfold`` computes every convolution as
-im2col + one matrix product (`backbones.conv`); both are recorded in bench.json's settings.
+turns cuDNN's autotuner on for every impl, ``--conv-impl`` picks how every convolution computes
+(native, channels-last or unfold: `backbones.conv`); both are recorded in bench.json's settings.
 
 Every implementation starts from a deep copy of one initialised model and sees the same
 meta-batch.  Its first call gives the meta-gradient, compared with the loop's (relative L2);
