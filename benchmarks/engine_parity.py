@@ -128,7 +128,9 @@ def whole_step_difference(name: str, device: torch.device, steps: int = 6) -> di
     model = (Classifier(Conv4(), 5) if spec.head else Conv4()).to(device)
     learners = [spec.batched(copy.deepcopy(model), settings) for _ in range(2)]
     capturable = device.type == "cuda"
-    optimizers = [torch.optim.Adam(l.meta_parameters(), lr=1e-3, capturable=capturable) for l in learners]
+    # the Adam training captures: fused, its step count on the device (learner._adam_with_step_decay)
+    optimizers = [torch.optim.Adam(l.meta_parameters(), lr=1e-3, capturable=capturable,
+                                   fused=True if capturable else None) for l in learners]
     sources = [build_task_source("tensor", split, 5, 1, 15, seed=3, device=device) for _ in range(2)]
     captured = CapturedTrainingStep(learners[1], sources[1], 8, optimizers[1], warmup=2)
     for _ in range(steps):

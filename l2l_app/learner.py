@@ -118,8 +118,9 @@ class MetaOptimizer:
 
 def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",
                           settings: AlgorithmSettings, capturable: bool = False) -> Optimizers:
-    """Adam; `capturable`: its step count kept on the device, so the step needs no host read."""
-    optimizer = torch.optim.Adam(params, lr=optim.meta_lr, capturable=capturable)
+    """Adam; `capturable` (for a CUDA graph): its step count kept on the device, so the step needs
+    no host read, and fused (two kernel launches per step instead of a dozen foreach ones)."""
+    optimizer = torch.optim.Adam(params, lr=optim.meta_lr, capturable=capturable, fused=True if capturable else None)
     if optim.lr_decay_every:
         return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, optim.lr_decay_every, optim.lr_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

@@ -16,8 +16,8 @@ Two extents, both built on `GraphedCall`:
   meta-gradient, gradient clipping and the optimiser step.  Only the sampler's two random draws
   run outside (with the sampler's own generator, exactly as an eager step draws them, so resume
   and the episode sequence are unchanged); they are copied in like the batch.  Needs the tensor
-  sampler and an optimiser built graph-safe (`MetaOptimizer.capturable`: Adam with its step count
-  on the device); a change of learning rate (a step decay) captures the step again.
+  sampler and an optimiser built graph-safe (`MetaOptimizer.capturable`: Adam fused, with its step
+  count on the device); a change of learning rate (a step decay) captures the step again.
 
 Both replay the kernels an eager step launches, so a captured step computes what an eager step
 computes: benchmarks/engine_parity.py finds them within 5.4e-14 in float64 on an H200, the
