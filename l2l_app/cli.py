@@ -199,7 +199,8 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("chunk_size", int, "batched engine: tasks per vmap chunk"),
         ("max_memory", float, "batched engine: memory budget in GiB that picks the chunk size"),
         ("compile", None, "batched engine: torch.compile the meta-loss"),
-        ("cuda_graph", None, "batched engine on a GPU: capture the meta-step as one CUDA graph and replay it"),
+        ("cuda_graph", None, "batched engine on a GPU: capture each training step (or, where it cannot be, "
+                             "its meta-gradient) as one CUDA graph and replay it"),
         ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
         ("cudnn_benchmark", None, "GPU: let cuDNN time its algorithms for each convolution shape and keep "
                                   "the fastest (the first steps are slower)"),

@@ -165,7 +165,8 @@ class RunConfig:
     chunk_size: Optional[int] = None
     max_memory: Optional[float] = None
     compile: bool = False
-    #: capture the batched meta-step as one CUDA graph (engine.graphs); None: on a GPU with the batched engine
+    #: capture each batched training step (or its meta-gradient) as one CUDA graph (engine.graphs);
+    #: None: on a GPU with the batched engine
     cuda_graph: Optional[bool] = None
     tf32: bool = False
     #: let cuDNN time its algorithms for each convolution shape and keep the fastest (GPU)
