@@ -37,7 +37,9 @@ from l2l_app.backbones import Classifier, Conv4  # noqa: E402
 from l2l_app.data.types import EpisodeBatch  # noqa: E402
 from l2l_app.bench.harness import synthetic_split  # noqa: E402
 from l2l_app.data import build_task_source  # noqa: E402
+from l2l_app.config import OptimConfig  # noqa: E402
 from l2l_app.engine.graphs import CapturedMetaGradient, CapturedTrainingStep  # noqa: E402
+from l2l_app.learner import ADAM, apply_meta_gradient  # noqa: E402
 from l2l_app.registry import ALGORITHMS  # noqa: E402
 from l2l_app.runtime import environment, set_tf32  # noqa: E402
 
@@ -127,15 +129,15 @@ def whole_step_difference(name: str, device: torch.device, steps: int = 6) -> di
     torch.manual_seed(0)
     model = (Classifier(Conv4(), 5) if spec.head else Conv4()).to(device)
     learners = [spec.batched(copy.deepcopy(model), settings) for _ in range(2)]
-    capturable = device.type == "cuda"
-    # the Adam training captures: fused, its step count on the device (learner._adam_with_step_decay)
-    optimizers = [torch.optim.Adam(l.meta_parameters(), lr=1e-3, capturable=capturable,
-                                   fused=True if capturable else None) for l in learners]
+    # the Adam a captured training step uses (graph-safe on a GPU), for both: only the graph differs
+    graph_safe = {"capturable": True} if device.type == "cuda" else {}
+    optimizers = [ADAM.build(l.meta_parameters(), OptimConfig(meta_lr=1e-3), settings, **graph_safe)[0]
+                  for l in learners]
     sources = [build_task_source("tensor", split, 5, 1, 15, seed=3, device=device) for _ in range(2)]
     captured = CapturedTrainingStep(learners[1], sources[1], 8, optimizers[1], warmup=2)
     for _ in range(steps):
         learners[0].meta_gradient(sources[0].sample(8))
-        optimizers[0].step()
+        apply_meta_gradient(learners[0], optimizers[0])
         captured()
     if not captured.captured:
         raise RuntimeError("the step was never captured")

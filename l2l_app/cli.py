@@ -27,6 +27,13 @@ from .registry import ALGORITHMS, BACKBONES, DATASETS
 from .settings import Limit
 
 
+#: help of the GPU speed settings that `train` and `bench` share
+CUDNN_BENCHMARK_HELP = ("GPU: let cuDNN time its algorithms for each convolution shape and keep the fastest (the "
+                        "first steps are slower)")
+CONV_IMPL_HELP = ("native: cuDNN convolutions; channels-last: on NHWC tensors (not under vmap); unfold: im2col + "
+                  "one matrix product (a batched GEMM across tasks); the same numbers to rounding")
+
+
 class Choices(click.Choice):
     """click.Choice whose refusal is the usual one line: `--split 'tset' is not one of ...; did you mean 'test'?`."""
 
@@ -202,11 +209,8 @@ TRAIN_SECTIONS: List[Tuple[str, List[Spec]]] = [
         ("cuda_graph", None, "batched engine on a GPU: capture each training step (or, where it cannot be, "
                              "its meta-gradient) as one CUDA graph and replay it"),
         ("tf32", None, "allow TF32 convolutions on GPUs (off: exact fp32)"),
-        ("cudnn_benchmark", None, "GPU: let cuDNN time its algorithms for each convolution shape and keep "
-                                  "the fastest (the first steps are slower)"),
-        ("conv_impl", Choices(CONV_IMPLS), "native: cuDNN convolutions; channels-last: on NHWC tensors (not "
-                                           "under vmap); unfold: im2col + one matrix product (a batched GEMM "
-                                           "across tasks); the same numbers to rounding"),
+        ("cudnn_benchmark", None, CUDNN_BENCHMARK_HELP),
+        ("conv_impl", Choices(CONV_IMPLS), CONV_IMPL_HELP),
         ("val_every", int, "validate every N steps"),
         ("val_episodes", int, "validation episodes"),
         ("checkpoint_every", int, "write checkpoints/last.pt every N steps"),
@@ -463,11 +467,8 @@ def recipes(as_json) -> None:
 @click.option("--sweep", "sweeps", multiple=True, help="meta-batch=1,4,16,32,64 or inner-steps=1,2,5,10 (repeatable)")
 @click.option("--synthetic", is_flag=True, help="random images of the dataset's shape instead of real data")
 @click.option("--tf32/--no-tf32", default=False, help="allow TF32 on CUDA (default off)")
-@click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False,
-              help="let cuDNN time its algorithms for each convolution shape (GPU; default off)")
-@click.option("--conv-impl", type=Choices(CONV_IMPLS), default="native", show_default=True,
-              help="native: cuDNN convolutions; channels-last: on NHWC tensors (not under vmap); "
-                   "unfold: im2col + one matrix product")
+@click.option("--cudnn-benchmark/--no-cudnn-benchmark", default=False, help=CUDNN_BENCHMARK_HELP + " (default off)")
+@click.option("--conv-impl", type=Choices(CONV_IMPLS), default="native", show_default=True, help=CONV_IMPL_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
 def bench(out, impls, sweeps, recipe, algo, **settings) -> None:

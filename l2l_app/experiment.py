@@ -131,7 +131,7 @@ class Experiment:
     model: nn.Module
     learner: MetaLearner
     preprocessing: Preprocessing
-    #: train through `engine.graphs.CapturedMetaGradient` (`resolve_cuda_graph`)
+    #: train through a CUDA graph (`resolve_cuda_graph`; `graph_extent` says what the graph holds)
     cuda_graph: bool = False
 
     @classmethod

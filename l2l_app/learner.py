@@ -126,6 +126,15 @@ def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def apply_meta_gradient(learner: "MetaLearner", optimizer: torch.optim.Optimizer,
+                        grad_clip: Optional[float] = None) -> None:
+    """Clip the meta-gradient in `.grad` to norm `grad_clip` (None or 0: no clipping) and step the
+    meta-optimiser: what follows `meta_gradient` in every training step, eager or captured."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(learner.meta_parameters(), grad_clip)
+    optimizer.step()
+
+
 #: Adam on the query loss; optionally the lr times --lr-decay every --lr-decay-every steps
 ADAM = MetaOptimizer("Adam on the query loss (optional step decay)", ("lr_decay", "lr_decay_every"),
                      _adam_with_step_decay, capturable=True)

@@ -31,6 +31,7 @@ from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
 from .engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
+from .learner import apply_meta_gradient
 from .progress import Progress
 from .fileio import read_json, write_json
 from .registry import DATASETS
@@ -355,9 +356,7 @@ class Trainer:
             self.skipped += 1
             self.learner.zero_grad()
             return metrics
-        if c.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), c.optim.grad_clip)
-        self.optimizer.step()
+        apply_meta_gradient(self.learner, self.optimizer, c.optim.grad_clip)
         return metrics
 
     def _summary(self, stopped_by_budget: bool = False) -> TrainSummary:
@@ -484,8 +483,8 @@ class Trainer:
 
 
 #: the settings `train --resume` may change; everything else would make the resumed run a different one
-RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "cuda_graph", "cudnn_benchmark", "conv_impl", "val_every", "checkpoint_every",
-                     "checkpoint_minutes", "log_every", "tensorboard")
+RESUME_CHANGEABLE = ("iterations", "time_budget", "device", "cuda_graph", "cudnn_benchmark", "conv_impl", "val_every",
+                     "checkpoint_every", "checkpoint_minutes", "log_every", "tensorboard")
 
 
 def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:

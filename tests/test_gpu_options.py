@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2l_app.backbones import TaskConv2d
+from l2l_app.backbones import TaskConv2d, set_conv_impl
 from l2l_app.experiment import Experiment
-from conftest import cli_run, refused
+from conftest import cli_run, random_episodes, refused
+from enrol import ENGINE_CASES, make_learner, make_net
+from test_batched import bn_invariant_biases
 from test_trainer import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -81,7 +83,7 @@ def test_pick_takes_the_fastest_end_to_end_configuration():
 
 
 @pytest.mark.parametrize("conv_impl", ["channels-last", "unfold"])
-@pytest.mark.parametrize("algo,engine", __import__("enrol").ENGINE_CASES)
+@pytest.mark.parametrize("algo,engine", ENGINE_CASES)
 def test_every_engine_gives_the_same_meta_gradient_with_any_convolution(algo, engine, conv_impl):
     """float64: the meta-gradient of every algorithm on every engine (learn2learn's clones, torch.func,
     ProtoNet's folded batch) with NHWC or im2col convolutions equals the native one to rounding
@@ -89,10 +91,6 @@ def test_every_engine_gives_the_same_meta_gradient_with_any_convolution(algo, en
     exactly-zero gradient; what is computed for them is rounding noise (amplified by an inner Adam:
     test_every_algorithm), so they are only held below 1e-6 of the largest element."""
     import copy
-    from l2l_app.backbones import set_conv_impl
-    from conftest import random_episodes
-    from enrol import make_learner, make_net
-    from test_batched import bn_invariant_biases
     net = make_net(algo)
     invariant = bn_invariant_biases(net)
     grads = []

@@ -13,6 +13,7 @@ trainer running them writes the run an uncaptured trainer writes, resumed or not
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -178,7 +179,7 @@ def test_the_trainer_with_a_captured_whole_step_writes_the_uncaptured_run(tmp_pa
     """Training through `CapturedTrainingStep` (eager backend: the graph protocol without a GPU)
     logs the same rows and ends with the same weights as op-by-op training, and a run stopped at
     step 4 and resumed to 8 ends where the uninterrupted one does."""
-    from l2l_app.trainer import Trainer
+    from l2l_app.trainer import Trainer, resume_config
     common = dict(algo="maml", engine="batched", sampler="tensor", val_every=4, checkpoint_every=4, grad_clip=1.0)
     plain = Trainer(config(iterations=8, **common), tmp_path / "plain", progress=False)
     plain.fit()
@@ -187,12 +188,11 @@ def test_the_trainer_with_a_captured_whole_step_writes_the_uncaptured_run(tmp_pa
     assert held.captured_step is not None and held.captured is None
     held.fit()
     assert held.captured_step.captured
-    run_info = __import__("json").loads((tmp_path / "held" / "run.json").read_text())
+    run_info = json.loads((tmp_path / "held" / "run.json").read_text())
     assert run_info["graph_extent"] == "step" and "each whole step" in run_info["execution"]
     assert train_log(tmp_path / "held") == train_log(tmp_path / "plain")
     first = Trainer(config(iterations=4, **common), tmp_path / "resumed", progress=False)
     first.fit()
-    from l2l_app.trainer import resume_config
     resumed = Trainer(resume_config(tmp_path / "resumed", {"iterations": 8}), tmp_path / "resumed",
                       resume=True, progress=False)
     resumed.fit()

@@ -26,9 +26,9 @@ from .spec import BackboneSpec
 
 import_submodules(__name__)
 
-__all__ = ["CONV_IMPLS", "TaskConv2d", "set_conv_impl", "BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules", "has_batch_norm",
-           "TaskBatchNorm2d", "batchnorm_mode", "BN_EPS", "primitive_batch_norm", "native_task_batch_norm",
-           "Conv4", "conv_block"]
+__all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules",
+           "has_batch_norm", "CONV_IMPLS", "TaskConv2d", "set_conv_impl", "TaskBatchNorm2d", "batchnorm_mode",
+           "BN_EPS", "primitive_batch_norm", "native_task_batch_norm", "Conv4", "conv_block"]
 
 
 def build_backbone(name: str, input_shape: Tuple[int, ...], hidden: int, **options: Any) -> nn.Module:

@@ -1,20 +1,20 @@
-"""Task convolution: `nn.Conv2d` with a second, numerically equivalent implementation.
+"""Task convolution: `nn.Conv2d` with other, numerically equivalent implementations.
 
 * ``native``: `torch.nn.functional.conv2d` (cuDNN on a GPU).  Under `vmap` with per-task weights
   (MAML's adapted parameters) it becomes a grouped convolution, one group per task.
 * ``channels-last``: `conv2d` on NHWC tensors (`torch.channels_last`), which cuDNN may run with
   other kernels; the outputs stay NHWC through batch norm, ReLU and pooling.  vmap cannot hold a
   channels-last tensor, so under torch.func's transforms (the MAML family's batched engines) it
-  computes natively;
-  it is for the engines without vmap (ProtoNet's batched engine, every loop engine).
+  computes natively: it is for the engines without vmap (ProtoNet's batched engine, every loop
+  engine).
 * ``unfold``: im2col (`F.unfold`) and one matrix product.  Under `vmap` the product with per-task
   weights becomes one batched GEMM, which on a GPU can beat cuDNN's grouped kernels for the
   small images of few-shot learning.
 
 `l2l-app bench --conv-impl NAME` measures each.  All give the same numbers to rounding
 (tests/test_backbones.py holds them to 1e-12 in float64, gradients of gradients under vmap
-included).  The parameters, their names and the state dict
-are `nn.Conv2d`'s, so checkpoints do not depend on the implementation.
+included).  The parameters, their names and the state dict are `nn.Conv2d`'s, so checkpoints
+do not depend on the implementation.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ Implementations (``--impl``):
   happens during the warm-up calls, and its gradient column is measured on a replay.
 * ``batched-captured-step`` and ``batched-compiled-captured-step`` (end to end only): the whole
   training step -- the tensor sampler's gather, the meta-gradient, clipping and the optimiser
-  step (Adam with its step count on the device) -- as one CUDA graph
+  step (Adam fused, with its step count on the device) -- as one CUDA graph
   (`engine.graphs.CapturedTrainingStep`, what training uses on a GPU where it can).
 
 Modes: ``compute only`` times the meta-gradient on one fixed meta-batch; ``end to end`` times what
@@ -59,6 +59,7 @@ from ..data.types import IMAGES
 from ..errors import ConfigError
 from ..engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from ..experiment import build_learner, build_model, build_optimizer, load_config_split
+from ..learner import apply_meta_gradient
 from ..registry import DATASETS
 from . import torchmeta_style
 
@@ -395,9 +396,7 @@ class Bench:
             else:
                 def fn() -> None:
                     meta_gradient(source.sample(mb))
-                    if clip:
-                        torch.nn.utils.clip_grad_norm_(learner.meta_parameters(), clip)
-                    optimizer.step()
+                    apply_meta_gradient(learner, optimizer, clip)
         else:
             fn = lambda: meta_gradient(batch)  # noqa: E731
         try:

@@ -225,7 +225,8 @@ class TensorTaskSource:
         return {"class_keys": torch.rand(num_tasks, num_classes, generator=g, device=dev),
                 "image_keys": torch.rand(num_tasks, self.ways, width, generator=g, device=dev)}
 
-    def indices_from_keys(self, class_keys: torch.Tensor, image_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def indices_from_keys(self, class_keys: torch.Tensor,
+                          image_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(support_idx [B, ways*shots], query_idx [B, ways*queries]) for the keys of `draw_keys`:
         deterministic tensor ops with no host synchronisation (a CUDA graph can hold them)."""
         num_tasks = class_keys.shape[0]

@@ -35,7 +35,7 @@ import torch
 
 from ..data.samplers import TensorTaskSource
 from ..data.types import EpisodeBatch
-from ..learner import MetaLearner, StepMetrics
+from ..learner import MetaLearner, StepMetrics, apply_meta_gradient
 
 #: eager steps before the capture (cuDNN's autotuner, torch.compile and the optimiser's lazy
 #: state need a few calls)
@@ -59,7 +59,8 @@ class GraphedCall:
     def __init__(self, fn: Callable[..., Tensors], warmup: int = GRAPH_WARMUP_STEPS,
                  backend: Optional[str] = None, before_capture: Callable[[], None] = lambda: None) -> None:
         if backend not in (None, "cuda", "eager"):
-            raise ValueError(f"graph backend must be 'cuda', 'eager' or None (from the inputs' device), got {backend!r}")
+            raise ValueError(f"graph backend must be 'cuda', 'eager' or None (from the inputs' device), "
+                             f"got {backend!r}")
         self.fn = fn
         self.before_capture = before_capture
         self.warmup = warmup
@@ -67,7 +68,7 @@ class GraphedCall:
         self.calls = 0
         #: how many times `fn` was captured (1, plus one per `recapture`)
         self.captures = 0
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        #: the captured graph's replay (a bound method: it keeps the graph and its memory alive)
         self._replay: Optional[Callable[[], None]] = None
         self._static_in: Tensors = {}
         self._static_out: Tensors = {}
@@ -77,7 +78,7 @@ class GraphedCall:
         return self._replay is not None
 
     def recapture(self) -> None:
-        self.graph, self._replay = None, None
+        self._replay = None
 
     def __call__(self, **tensors: torch.Tensor) -> Tensors:
         first = next(iter(tensors.values()))
@@ -118,7 +119,7 @@ class GraphedCall:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._static_out = self.fn(**self._static_in)
-            self.graph, self._replay = graph, graph.replay
+            self._replay = graph.replay
         else:
             def replay() -> None:
                 self._static_out = self.fn(**self._static_in)
@@ -190,9 +191,7 @@ class CapturedTrainingStep:
 
     def _step(self, **keys: torch.Tensor) -> StepMetrics:
         metrics = self.learner.meta_gradient(self.source.batch_from_keys(**keys))
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.learner.meta_parameters(), self.grad_clip)
-        self.optimizer.step()
+        apply_meta_gradient(self.learner, self.optimizer, self.grad_clip)
         return metrics
 
     def __call__(self) -> StepMetrics:
