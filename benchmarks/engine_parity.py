@@ -15,8 +15,9 @@ absolute difference of any gradient element or metric.  The replayed kernels are
 so 0 is expected (on a CPU the eager stand-in of the capture runs).
 
 `whole_step` rows: the whole training step captured as one CUDA graph (`CapturedTrainingStep`:
-the tensor sampler's gather, the meta-gradient, Adam) against the same steps run eagerly with
-the same graph-safe Adam, over 6 steps in float32 from one sampler seed: the largest absolute
+the tensor sampler's gather, the meta-gradient, the optimiser step -- Adam, or Reptile's SGD with
+its epsilon annealed over the 6 steps) against the same steps run eagerly with the same
+graph-safe optimiser, over 6 steps in float32 from one sampler seed: the largest absolute
 weight difference, and whether both samplers' generators end in the same state (the random
 draws stay outside the graph, so they must).
 """
@@ -39,7 +40,7 @@ from l2l_app.bench.harness import synthetic_split  # noqa: E402
 from l2l_app.data import build_task_source  # noqa: E402
 from l2l_app.config import OptimConfig  # noqa: E402
 from l2l_app.engine.graphs import CapturedMetaGradient, CapturedTrainingStep  # noqa: E402
-from l2l_app.learner import ADAM, apply_meta_gradient  # noqa: E402
+from l2l_app.learner import apply_meta_gradient  # noqa: E402
 from l2l_app.registry import ALGORITHMS  # noqa: E402
 from l2l_app.runtime import environment, set_tf32  # noqa: E402
 
@@ -116,8 +117,10 @@ def captured_difference(name: str, device: torch.device, dtype: torch.dtype, ste
     return worst
 
 
-#: the cases whose whole step is checked (a graph-safe optimiser, no host draws)
-WHOLE_STEP_CASES = ("maml-1step-2nd", "protonet")
+#: the cases whose whole step is checked (Reptile: its schedule copied in, its epsilon annealed)
+WHOLE_STEP_CASES = ("maml-1step-2nd", "protonet", "reptile-sgd-5step")
+#: each algorithm's meta-learning rate in the whole-step rows
+WHOLE_STEP_META_LR = {"reptile": 1.0}
 
 
 def whole_step_difference(name: str, device: torch.device, steps: int = 6) -> dict:
@@ -125,20 +128,23 @@ def whole_step_difference(name: str, device: torch.device, steps: int = 6) -> di
     algo, changes = CASES[name]
     spec = ALGORITHMS[algo]
     settings = spec.settings(**changes)
-    split = synthetic_split("omniglot", 20, 1, 15, seed=0)  # 40 classes x 16 images
+    split = synthetic_split("omniglot", 20, SHOTS[algo], 15, seed=0)  # 40 classes x (shots + 15) images
     torch.manual_seed(0)
     model = (Classifier(Conv4(), 5) if spec.head else Conv4()).to(device)
     learners = [spec.batched(copy.deepcopy(model), settings) for _ in range(2)]
-    # the Adam a captured training step uses (graph-safe on a GPU), for both: only the graph differs
+    # the algorithm's optimiser and schedule as a captured training step builds them (graph-safe on
+    # a GPU), for both: only the graph differs
     graph_safe = {"capturable": True} if device.type == "cuda" else {}
-    optimizers = [ADAM.build(l.meta_parameters(), OptimConfig(meta_lr=1e-3), settings, **graph_safe)[0]
-                  for l in learners]
-    sources = [build_task_source("tensor", split, 5, 1, 15, seed=3, device=device) for _ in range(2)]
-    captured = CapturedTrainingStep(learners[1], sources[1], 8, optimizers[1], warmup=2)
+    optim = OptimConfig(meta_lr=WHOLE_STEP_META_LR.get(algo, 1e-3), iterations=steps)
+    optimizers = [spec.optimizer.build(l.meta_parameters(), optim, settings, **graph_safe) for l in learners]
+    sources = [build_task_source("tensor", split, 5, SHOTS[algo], 15, seed=3, device=device) for _ in range(2)]
+    captured = CapturedTrainingStep(learners[1], sources[1], 8, optimizers[1][0], warmup=2)
     for _ in range(steps):
         learners[0].meta_gradient(sources[0].sample(8))
-        apply_meta_gradient(learners[0], optimizers[0])
+        apply_meta_gradient(learners[0], optimizers[0][0])
         captured()
+        for _, scheduler in optimizers:
+            scheduler.step()
     if not captured.captured:
         raise RuntimeError("the step was never captured")
     worst = max((a - b).abs().max().item() for a, b in zip(learners[0].meta_parameters(),

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The one prepared GPU session: install learn2learn from the carried sdist, check engine parity
-# (the captured meta-gradient and the captured whole training step too) on the GPU, time the
+# (the captured meta-gradient and the captured whole training step too) on the GPU, profile the
+# recipes' steps kernel by kernel (benchmarks/profile_step.py), time the
 # recipes' training steps with `l2l-app bench` in every configuration training can pick (eager
 # or compiled kernels in the graph; cuDNN autotuning off/on; native, NHWC or unfold convolutions), and
 # reproduce the published Omniglot numbers with `benchmarks/reproduce.py`, each recipe training
 # with the flags its bench measured fastest (`reproduce.py --pick`).
 #
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
-#     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh     # parity, benches, captured resume (~6.5 min)
+#     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh     # parity, benches, captured resume (~7 min)
 #     STEPS=reproduce OUT=/path bash benchmarks/gpu_session.sh  # ProtoNet (2 min) then MAML (6 min or the
 #                                                               #   recipe's 60,000 steps) + evals (<= 10 min)
-#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile, Meta-SGD, ANIL together (~4 min)
+#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (4 min + eval), then Meta-SGD and
+#                                                               #   ANIL together (1.5 min + evals): ~8.5 min
 #     STEPS=all: all three (over one call's 10 minutes: use it only where calls may be longer)
 #   A session's 15 device minutes hold `timing` and `reproduce` back to back on one warm machine
 #   (the second call reads the first one's benches from /tmp) only if start-up is short: run
@@ -93,6 +95,14 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
     --impl $CAPTURED --conv-impl channels-last
   bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --conv-impl unfold
+  # Reptile: the meta-gradient graph against the whole step (its schedule copied in, epsilon a tensor)
+  bench bench-reptile-omniglot-5w1s 60 --recipe reptile-omniglot-5w1s --with-sampler \
+    --impl loop,batched-captured,batched-captured-step
+  stamp "where the steps' device time goes (kernels by family)"
+  timeout 90 $PY benchmarks/profile_step.py --device "$DEVICE" --out "$RES/profile" maml-omniglot-5w1s \
+    protonet-omniglot-5w1s reptile-omniglot-5w1s ${DRY:+--steps 1 --warmup 1} 2>&1 | grep -v "^\(USDT\|ERROR\|STAGE\)" \
+    | tail -12 || stamp "profile failed or timed out"
+  pack
   stamp "captured training resumes"
   timeout 60 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"
@@ -107,6 +117,7 @@ if [ "$STEPS" = all ] || [ "$STEPS" = reproduce ]; then
   reproduce 405 maml-omniglot-5w1s $ARGS
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = more ]; then
-  reproduce 260 --together reptile-omniglot-5w1s metasgd-omniglot-5w1s anil-omniglot-20w1s
+  reproduce 330 reptile-omniglot-5w1s
+  reproduce 250 --together metasgd-omniglot-5w1s anil-omniglot-20w1s
 fi
 stamp "done ($STEPS)"

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent))
 REPRODUCTIONS: Dict[str, Tuple[float, List[Tuple[int, int, float]], List[str]]] = {
     "maml-omniglot-5w1s": (6.0, [(5, 1, 98.7)], []),
     "protonet-omniglot-5w1s": (2.0, [(5, 1, 98.8), (20, 1, 96.0)], []),
-    "reptile-omniglot-5w1s": (1.5, [(5, 1, 97.68)], []),
+    "reptile-omniglot-5w1s": (4.0, [(5, 1, 97.68)], []),
     "metasgd-omniglot-5w1s": (1.5, [(5, 1, 99.53)], []),
     "anil-omniglot-20w1s": (1.5, [(20, 1, 96.2)], []),
 }

@@ -216,8 +216,7 @@ class Experiment:
         if not self.cuda_graph:
             return None
         whole = (self.sampler == "tensor" and self.config.spec.optimizer.capturable
-                 and not self.config.run.skip_nonfinite
-                 and not self.learner.draws_step_inputs)
+                 and not self.config.run.skip_nonfinite)
         return "step" if whole else "meta-gradient"
 
     def describe_execution(self) -> str:

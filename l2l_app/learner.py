@@ -106,8 +106,9 @@ class MetaOptimizer:
     `uses`: the optimiser settings (`OptimConfig` fields) that only this optimiser reads; they are
     refused for an algorithm with another optimiser.
     `capturable`: `build(..., capturable=True)` gives an optimiser whose step a CUDA graph can
-    hold (`engine.graphs.CapturedTrainingStep`), and its learning rate changes seldom enough
-    that capturing the step again after each change pays.
+    hold (`engine.graphs.CapturedTrainingStep`).  Its learning rate is either a float that
+    changes seldom (Adam's step decay: the step is captured again after a change) or a device
+    tensor the scheduler fills in place and the graph reads (Reptile's epsilon, annealed every step).
     """
 
     description: str
@@ -133,6 +134,54 @@ def apply_meta_gradient(learner: "MetaLearner", optimizer: torch.optim.Optimizer
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(learner.meta_parameters(), grad_clip)
     optimizer.step()
+
+
+#: what says how an optimiser's step runs, not what it computes: a checkpoint keeps none of them
+#: (resuming takes the flags of the optimiser built for the resumed run, captured or not)
+EXECUTION_FLAGS = ("capturable", "fused", "foreach", "differentiable")
+#: the per-group hyper-parameters a scheduler may hold as device tensors
+LR_KEYS = ("lr", "initial_lr")
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if isinstance(value, torch.Tensor) else value
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any) -> Dict[str, Any]:
+    """The optimiser's and scheduler's state for a checkpoint, independent of how the step runs:
+    learning rates as floats (a capturable optimiser holds them as device tensors), no execution
+    flags.  One host read of each tensor learning rate (at checkpoint time only)."""
+    opt = optimizer.state_dict()
+    opt["param_groups"] = [{k: _plain(v) for k, v in g.items() if k not in EXECUTION_FLAGS}
+                           for g in opt["param_groups"]]
+    sched = {k: [_plain(x) for x in v] if k in ("base_lrs", "_last_lr") else v
+             for k, v in scheduler.state_dict().items()}
+    return {"optimizer": opt, "scheduler": sched}
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any, optimizer_saved: Mapping[str, Any],
+                         scheduler_saved: Mapping[str, Any]) -> None:
+    """Restore `optimizer_state` (or an older checkpoint's plain state dicts) into an optimiser and
+    scheduler built for this run: their execution flags and learning-rate types are kept (a tensor
+    learning rate is filled in place), so a run captured on a GPU resumes eagerly and back."""
+    groups = []
+    for now, saved in zip(optimizer.param_groups, optimizer_saved["param_groups"]):
+        group = {k: v for k, v in saved.items() if k not in EXECUTION_FLAGS}
+        group.update({k: now[k] for k in EXECUTION_FLAGS if k in now})
+        groups.append(group)
+    tensor_lrs = [{k: g[k] for k in LR_KEYS if isinstance(g.get(k), torch.Tensor)} for g in optimizer.param_groups]
+    optimizer.load_state_dict({**optimizer_saved, "param_groups": groups})
+    for group, tensors, saved in zip(optimizer.param_groups, tensor_lrs, groups):
+        for key, tensor in tensors.items():
+            tensor.fill_(_plain(saved[key]))
+            group[key] = tensor
+        if not (group.get("capturable") or group.get("fused")):  # an eager step reads its count on the host
+            for p in group["params"]:
+                step = optimizer.state.get(p, {}).get("step")
+                if isinstance(step, torch.Tensor):
+                    optimizer.state[p]["step"] = step.cpu()
+    scheduler.load_state_dict({k: [_plain(x) for x in v] if k in ("base_lrs", "_last_lr") else v
+                               for k, v in scheduler_saved.items()})
 
 
 #: Adam on the query loss; optionally the lr times --lr-decay every --lr-decay-every steps
@@ -190,12 +239,12 @@ class MetaLearner(abc.ABC):
     def step_inputs(self, batch: EpisodeBatch) -> Dict[str, torch.Tensor]:
         """Tensors a meta-step draws besides the batch (Reptile's mini-batch schedule), on the
         batch's device: a captured step (`engine.graphs`) copies them in like the batch."""
-        return {}
+        return self.draw_step_inputs(batch.num_tasks, batch.support_x.shape[1], batch.support_x.device)
 
-    @property
-    def draws_step_inputs(self) -> bool:
-        """Whether `step_inputs` draws anything (on the host: a whole step cannot be one CUDA graph)."""
-        return type(self).step_inputs is not MetaLearner.step_inputs
+    def draw_step_inputs(self, num_tasks: int, num_support: int, device: torch.device) -> Dict[str, torch.Tensor]:
+        """`step_inputs` for a meta-batch of `num_tasks` tasks of `num_support` support images each
+        (none for most learners): what a captured whole step draws before it replays."""
+        return {}
 
     @abc.abstractmethod
     def predict(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,

@@ -31,7 +31,7 @@ from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
 from .engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from .experiment import Experiment, build_optimizer, configured_dataset, load_config_split
-from .learner import apply_meta_gradient
+from .learner import apply_meta_gradient, load_optimizer_state, optimizer_state
 from .progress import Progress
 from .fileio import read_json, write_json
 from .registry import DATASETS
@@ -231,8 +231,7 @@ class Trainer:
     def _state(self) -> Dict[str, Any]:
         return {
             "learner": self.learner.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            **optimizer_state(self.optimizer, self.scheduler),
             "step": self.step,
             "elapsed": self.elapsed,
             "rng": runtime.rng_state(),
@@ -261,8 +260,7 @@ class Trainer:
 
     def _apply(self, state: Dict[str, Any]) -> None:
         self.learner.load_state_dict(learner_state(state))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        load_optimizer_state(self.optimizer, self.scheduler, state["optimizer"], state["scheduler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
         runtime.set_rng_state(state["rng"])
@@ -398,6 +396,7 @@ class Trainer:
             while self.step < c.optim.iterations:
                 metrics = self._train_step()  # device scalars: read in _read_metrics, every few steps
                 lr = self.optimizer.param_groups[0]["lr"]
+                lr = lr.clone() if isinstance(lr, torch.Tensor) else lr  # a device tensor: read with the metrics
                 with warnings.catch_warnings():
                     # a skipped step advances the schedule without an optimiser step, on purpose
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
@@ -453,10 +452,12 @@ class Trainer:
         if not queued:
             return
         device = self.device
-        values = torch.stack([torch.as_tensor(m[k], dtype=torch.float64, device=device)
-                              for _, m, _, _ in queued for k in ("loss", "accuracy")]).tolist()
-        for n, (step, _, lr, seconds) in enumerate(queued):
-            loss, accuracy = values[2 * n], 100.0 * values[2 * n + 1]
+        tensors = [t for _, m, lr, _ in queued
+                   for t in (m["loss"], m["accuracy"], *([lr] if isinstance(lr, torch.Tensor) else []))]
+        values = iter(torch.stack([torch.as_tensor(t, dtype=torch.float64, device=device) for t in tensors]).tolist())
+        for step, _, lr, seconds in queued:
+            loss, accuracy = next(values), 100.0 * next(values)
+            lr = next(values) if isinstance(lr, torch.Tensor) else lr
             if not math.isfinite(loss) and not self.config.run.skip_nonfinite:
                 last = self.run_dir / CHECKPOINT_DIR / "last.pt"
                 kept = f"keeping the last good checkpoint in {last}" if self.checkpoint_dir.joinpath(

@@ -436,3 +436,22 @@ def test_no_op_of_a_batched_step_falls_back_to_a_per_task_loop(algo, conv_impl, 
         learner.meta_gradient(random_episodes(WAYS, 2, 2, 3, SIZE, torch.float64, seed=0))
     fallbacks = [str(w.message) for w in caught if "fallback" in str(w.message) or "batching rule" in str(w.message)]
     assert not fallbacks, fallbacks[0][:200]
+
+
+def test_maml_first_inner_step_runs_ordinary_convolutions_over_every_tasks_images():
+    """The meta-parameters enter vmap unbatched, so the first inner step's support forward is one
+    ordinary convolution per layer over all B*N support images (the tasks share the weights);
+    only after adaptation, where the weights differ per task, are the convolutions grouped (one
+    group per task).  A change that batched the meta-parameters per task would lose this."""
+    from torch.profiler import ProfilerActivity, profile
+    tasks, shots = 3, 2
+    learner = make_learner("maml", "batched", make_net("maml"), small_settings("maml", inner_steps=1))
+    batch = random_episodes(WAYS, shots, 2, tasks, SIZE, torch.float64, seed=0)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        learner.meta_gradient(batch)
+    convolutions = [(e.input_shapes[0][0], e.concrete_inputs[-1]) for e in prof.events()
+                    if e.name == "aten::convolution"]  # (images in the batch, groups)
+    layers = sum(isinstance(m, nn.Conv2d) for m in learner.model.modules())
+    folded = [c for c in convolutions if c == (tasks * WAYS * shots, 1)]
+    assert len(folded) >= layers  # the first support forward (and input gradients): all tasks at once
+    assert any(groups == tasks for _, groups in convolutions)  # the adapted, per-task weights

@@ -64,9 +64,21 @@ class ReptileSettings(AlgorithmSettings):
 
 
 
-def _sgd_with_linear_annealing(params: List[torch.Tensor], optim, settings: ReptileSettings) -> Optimizers:
-    """Plain SGD with lr = epsilon, annealed linearly from --meta-lr to --meta-lr-final over --iterations."""
-    optimizer = torch.optim.SGD(params, lr=optim.meta_lr)
+def _sgd_with_linear_annealing(params: List[torch.Tensor], optim, settings: ReptileSettings,
+                               capturable: bool = False) -> Optimizers:
+    """Plain SGD with lr = epsilon, annealed linearly from --meta-lr to --meta-lr-final over --iterations.
+
+    `capturable` (for a CUDA graph): epsilon is a 0-d tensor on the parameters' device, filled in
+    place by the scheduler (no host read) and read by a fused SGD step inside the graph, so the
+    annealing needs no new capture.  The schedule's base stays a float, so computing the next
+    epsilon reads nothing back from the device.
+    """
+    if capturable:
+        lr = torch.tensor(float(optim.meta_lr), device=params[0].device, dtype=params[0].dtype)
+        optimizer = torch.optim.SGD(params, lr=lr, fused=True)
+        optimizer.param_groups[0]["initial_lr"] = float(optim.meta_lr)
+    else:
+        optimizer = torch.optim.SGD(params, lr=optim.meta_lr)
     ratio = settings.resolved().meta_lr_final / optim.meta_lr
 
     def linear(step: int) -> float:
@@ -76,7 +88,7 @@ def _sgd_with_linear_annealing(params: List[torch.Tensor], optim, settings: Rept
 
 
 REPTILE_SGD = MetaOptimizer("SGD with lr = epsilon, annealed linearly to --meta-lr-final", (),
-                            _sgd_with_linear_annealing)
+                            _sgd_with_linear_annealing, capturable=True)
 
 
 def minibatch_schedule(num_tasks: int, num_support: int, inner_batch: int, steps: int,
@@ -136,14 +148,11 @@ class _MinibatchGenerator:
             raise ValueError(f"unknown inner optimiser {self.settings.inner_optimizer!r}; choose adam or sgd")
         self.generator = torch.Generator().manual_seed(seed)
 
-    def schedule(self, batch: EpisodeBatch) -> torch.Tensor:
-        """[B, inner_steps, inner_batch] mini-batch indices for `batch`, from the learner's generator."""
-        return minibatch_schedule(batch.num_tasks, batch.support_x.shape[1], self.settings.inner_batch,
-                                  self.settings.inner_steps, self.generator)
-
-    def step_inputs(self, batch: EpisodeBatch) -> Dict[str, torch.Tensor]:
-        """The meta-step's mini-batch schedule [B, inner_steps, inner_batch], drawn now, on the batch's device."""
-        return {"schedule": self.schedule(batch).to(batch.support_x.device)}
+    def draw_step_inputs(self, num_tasks: int, num_support: int, device: torch.device) -> Dict[str, torch.Tensor]:
+        """The meta-step's mini-batch schedule [B, inner_steps, inner_batch], drawn now, on `device`."""
+        s = self.settings
+        schedule = minibatch_schedule(num_tasks, num_support, s.inner_batch, s.inner_steps, self.generator)
+        return {"schedule": schedule.to(device, non_blocking=True)}
 
     def extra_state(self) -> Dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -175,7 +184,7 @@ class Reptile(_MinibatchGenerator, MetaLearner):
         """schedule: optional [B, steps, inner_batch] mini-batch indices (drawn from self.generator if None)."""
         self.zero_grad()
         if schedule is None:
-            schedule = self.schedule(batch)
+            schedule = self.step_inputs(batch)["schedule"]
         meta = list(self.model.parameters())
         deltas = [torch.zeros_like(p) for p in meta]
         totals = QueryMetrics()
@@ -249,7 +258,7 @@ class BatchedReptile(_MinibatchGenerator, BatchedLearner):
         self.zero_grad()
         b = batch.num_tasks
         if schedule is None:
-            schedule = self.schedule(batch)
+            schedule = self.step_inputs(batch)["schedule"]
         meta = self.detached_params()
         deltas = {k: torch.zeros_like(p) for k, p in meta.items()}
         totals = QueryMetrics()

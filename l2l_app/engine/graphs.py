@@ -13,11 +13,13 @@ Two extents, both built on `GraphedCall`:
   buffers; clipping and the optimiser step run eagerly after the replay (and, under torchrun,
   after the all-reduce).  Any batched learner.
 * `CapturedTrainingStep`: the whole step -- the tensor sampler's episode gather, the
-  meta-gradient, gradient clipping and the optimiser step.  Only the sampler's two random draws
-  run outside (with the sampler's own generator, exactly as an eager step draws them, so resume
-  and the episode sequence are unchanged); they are copied in like the batch.  Needs the tensor
-  sampler and an optimiser built graph-safe (`MetaOptimizer.capturable`: Adam fused, with its step
-  count on the device); a change of learning rate (a step decay) captures the step again.
+  meta-gradient, gradient clipping and the optimiser step.  Only the random draws run outside:
+  the sampler's two (with its own generator) and the learner's step inputs (Reptile's mini-batch
+  schedule, from the learner's generator), exactly as an eager step draws them, so resume and the
+  episode sequence are unchanged; they are copied in like the batch.  Needs the tensor sampler
+  and an optimiser built graph-safe (`MetaOptimizer.capturable`: Adam fused with its step count
+  on the device; Reptile's SGD fused with epsilon a device tensor the graph reads); a change of a
+  float learning rate (a step decay) captures the step again.
 
 Both replay the kernels an eager step launches, so a captured step computes what an eager step
 computes: benchmarks/engine_parity.py finds them within 5.4e-14 in float64 on an H200, the
@@ -166,37 +168,40 @@ class CapturedTrainingStep:
     `source`: a `TensorTaskSource` on the learner's device; `optimizer`: over the learner's
     meta-parameters, graph-safe on a GPU (`MetaOptimizer.build(..., capturable=True)`);
     `grad_clip`: max gradient norm or None.  __call__() -> the step's metrics (device scalars).
-    A learner that draws step inputs on the host (Reptile's schedules) is refused: capture its
-    meta-gradient instead (`CapturedMetaGradient`).
     """
 
     def __init__(self, learner: MetaLearner, source: TensorTaskSource, meta_batch: int,
                  optimizer: torch.optim.Optimizer,
                  grad_clip: Optional[float] = None, warmup: int = GRAPH_WARMUP_STEPS,
                  backend: Optional[str] = None) -> None:
-        if learner.draws_step_inputs:
-            raise ValueError(f"{type(learner).__name__} draws step inputs on the host each step; capture its "
-                             f"meta-gradient alone (CapturedMetaGradient)")
         if not isinstance(source, TensorTaskSource):
             raise ValueError(f"the whole step can be captured with the tensor sampler only, not "
                              f"{type(source).__name__}; pass --sampler tensor")
         self.learner, self.source, self.meta_batch = learner, source, meta_batch
         self.optimizer, self.grad_clip = optimizer, grad_clip
         self.call = GraphedCall(self._step, warmup, backend, before_capture=learner.zero_grad)
-        self._lrs: Optional[List[float]] = None
+        self._lrs: Optional[List[Optional[float]]] = None
+        self._key_names: Tuple[str, ...] = ()
 
     @property
     def captured(self) -> bool:
         return self.call.captured
 
-    def _step(self, **keys: torch.Tensor) -> StepMetrics:
-        metrics = self.learner.meta_gradient(self.source.batch_from_keys(**keys))
+    def _step(self, **tensors: torch.Tensor) -> StepMetrics:
+        keys = {k: tensors.pop(k) for k in self._key_names}
+        metrics = self.learner.meta_gradient(self.source.batch_from_keys(**keys), **tensors)
         apply_meta_gradient(self.learner, self.optimizer, self.grad_clip)
         return metrics
 
     def __call__(self) -> StepMetrics:
-        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
-        if self.captured and lrs != self._lrs:  # the graph holds the learning rate it was captured with
+        # a float learning rate is held by the graph as captured: a change captures again; a tensor
+        # one (filled in place by the scheduler) is read by the graph at each replay
+        lrs = [None if isinstance(g["lr"], torch.Tensor) else float(g["lr"]) for g in self.optimizer.param_groups]
+        if self.captured and lrs != self._lrs:
             self.call.recapture()
         self._lrs = lrs
-        return self.call(**self.source.draw_keys(self.meta_batch))
+        keys = self.source.draw_keys(self.meta_batch)
+        self._key_names = tuple(keys)
+        source = self.source
+        inputs = self.learner.draw_step_inputs(self.meta_batch, source.ways * source.shots, source.device)
+        return self.call(**keys, **inputs)
