@@ -106,6 +106,8 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   stamp "captured training resumes"
   timeout 60 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"
+  timeout 60 $PY benchmarks/captured_resume.py --device "$DEVICE" --recipe reptile-omniglot-5w1s \
+    --out "$RES/captured_resume-reptile.json" 2>&1 | tail -5 || stamp "Reptile's captured resume failed or timed out"
   pack
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = reproduce ]; then

@@ -387,22 +387,31 @@ class World:
     def _unanswered(self) -> List[int]:
         """Ranks that are gone: on this host, a rank's process that has exited; on other hosts, a
         rank that does not check in through the job's store within ANSWER_SECONDS (every
-        survivor checks in when its collective fails).  [] when nothing can tell."""
+        survivor checks in when its collective fails).  [] when nothing can tell.
+
+        A killed rank's connections close while its process is still exiting, so the survivors'
+        collective can fail before the process is seen gone: a local rank that neither checked in
+        nor is gone yet is waited for like a remote one."""
         host = socket.gethostname()
         local = {r for r, (h, _) in enumerate(self._procs) if h == host}
-        gone = {r for r in local if _process_gone(self._procs[r][1])}
-        remote = [r for r in range(self.size) if r not in local]
+        others = [r for r in range(self.size) if r != self.rank]
+        deadline = time.monotonic() + ANSWER_SECONDS
         try:
             store = torch.distributed.distributed_c10d._get_default_store()
             store.set(f"{_ALIVE_KEY}{self.rank}", "1")
-        except Exception:  # noqa: BLE001 - the store's host may be gone too
-            return sorted(gone)
-        deadline = time.monotonic() + ANSWER_SECONDS
+        except Exception:  # noqa: BLE001 - the store's host may be gone too: the local processes alone
+            store = None
         while True:
-            silent = [r for r in remote if not store.check([f"{_ALIVE_KEY}{r}"])]
-            if not silent or time.monotonic() > deadline:
-                return sorted(gone | set(silent))
-            time.sleep(0.1)
+            gone = {r for r in local if _process_gone(self._procs[r][1])}
+            if store is None:
+                waiting = [r for r in others if r in local and r not in gone]
+                silent: List[int] = []
+            else:
+                silent = [r for r in others if r not in gone and not store.check([f"{_ALIVE_KEY}{r}"])]
+                waiting = silent
+            if not waiting or time.monotonic() > deadline or (store is None and gone):
+                return sorted(gone | {r for r in silent if r not in local})
+            time.sleep(0.05)
 
     def close(self) -> None:
         """Leave the process group (at exit) once every rank is leaving: a rank whose group is torn

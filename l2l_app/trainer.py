@@ -409,7 +409,10 @@ class Trainer:
                 finished = self.step >= c.optim.iterations or out_of_time
                 validate = self.step % c.run.val_every == 0 or finished
                 minutes = c.run.checkpoint_minutes
-                due = (self.step % c.run.checkpoint_every == 0 or finished or self._stop_signal is not None
+                # read once: a signal arriving later in this step (during the read or a validation) is
+                # acted on after the next step, whose checkpoint is then saved before stopping
+                stop = self._stop_signal
+                due = (self.step % c.run.checkpoint_every == 0 or finished or stop is not None
                        or (minutes is not None and time.perf_counter() - last_save >= 60 * minutes))
                 # read before anything is validated or saved (stops at a non-finite loss); under torchrun
                 # every step, so that every rank stops at the same one (the metrics are host floats there)
@@ -426,10 +429,10 @@ class Trainer:
                 if due:
                     self.save("last")
                     last_save = time.perf_counter()
-                if self._stop_signal is not None:
-                    raise Interrupted(f"stopped by signal {self._stop_signal} after step {self.step}; "
+                if stop is not None:
+                    raise Interrupted(f"stopped by signal {stop} after step {self.step}; "
                                       f"checkpoint saved; continue with `l2l-app train --resume {self.run_dir}`",
-                                      self._stop_signal)
+                                      stop)
                 if out_of_time:
                     stopped_by_budget = True
                     break

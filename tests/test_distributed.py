@@ -148,6 +148,48 @@ def test_a_torchrun_restart_resumes_only_its_own_jobs_run(tmp_path, monkeypatch)
     assert restarted_run(run) is None  # a first attempt never takes over an existing directory
 
 
+class _FakeStore:
+    """The job's store as `World._unanswered` uses it: survivors set their alive key."""
+
+    def __init__(self, alive: List[int]) -> None:
+        self.keys = {f"{distributed._ALIVE_KEY}{r}" for r in alive}
+
+    def set(self, key: str, _value: str) -> None:
+        self.keys.add(key)
+
+    def check(self, keys: List[str]) -> bool:
+        return all(k in self.keys for k in keys)
+
+
+@pytest.mark.parametrize("store_reachable", [True, False])
+def test_a_killed_rank_still_exiting_when_the_collective_fails_is_named(monkeypatch, store_reachable):
+    """Rank 1's connections close while its process is still exiting: rank 0's collective fails
+    before the process is seen gone.  Rank 0 waits for it (a few polls here) and names rank 1,
+    not 'another rank'; rank 2, alive on another host, checked in and is not named."""
+    world = World(Launch(rank=0, world_size=3, local_rank=0, local_world_size=2))
+    host = distributed.socket.gethostname()
+    world._procs = [(host, 100), (host, 101), ("elsewhere", 102)]
+    polls = {"n": 0}
+
+    def process_gone(pid: int) -> bool:  # rank 1's process exits on the fourth look
+        if pid == 101:
+            polls["n"] += 1
+            return polls["n"] >= 4
+        return False
+
+    def store():
+        if not store_reachable:
+            raise RuntimeError("the store's host is gone")
+        return _FakeStore(alive=[2])
+    monkeypatch.setattr(distributed, "_process_gone", process_gone)
+    monkeypatch.setattr(torch.distributed.distributed_c10d, "_get_default_store", store)
+    assert world._unanswered() == [1]
+    assert polls["n"] == 4
+    message = world._failure_message("the parameter check", RuntimeError("Connection reset by peer"))
+    assert message.startswith("rank 1 stopped (exited, was killed or lost its connection) during the parameter "
+                              "check; rank 0 stops too (Connection reset by peer)")
+
+
 def test_one_process_is_the_plain_path(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)

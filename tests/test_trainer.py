@@ -29,6 +29,29 @@ def train_log(run_dir):
     return lines
 
 
+def test_a_signal_during_a_step_saves_the_step_it_stops_after_and_resumes_to_the_same_weights(tmp_path):
+    """A Ctrl-C that arrives while a step's metrics are read (or it validates: anywhere after the
+    step decided whether to checkpoint) stops the run after the next step, with that step saved:
+    the message names the checkpoint's step, and resuming ends where an uninterrupted run ends."""
+    import os
+    import signal
+    from l2l_app.trainer import Interrupted, resume_config
+    common = dict(iterations=8, checkpoint_every=100, val_every=100)
+    Trainer(config(**common), tmp_path / "straight", progress=False).fit()
+
+    def ctrl_c_at_step_3(step, _metrics):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped by signal 2 after step 4; checkpoint saved"):
+        Trainer(config(**common), run_dir, progress=False, on_step=ctrl_c_at_step_3).fit()
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    Trainer(resume_config(run_dir, {}), run_dir, resume=True, progress=False).fit()
+    straight = weights(tmp_path / "straight")
+    for k, v in weights(run_dir).items():
+        assert torch.equal(v, straight[k]), k
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     real = experiment.build_learner
 
