@@ -40,7 +40,7 @@ STEPS = 40
 def train(run_dir: Path, recipe: str, device: str, cuda_graph: bool, resume: bool = False,
           stop_at: int | None = None, meta_batch: int | None = None) -> Dict[str, torch.Tensor]:
     """STEPS steps of `recipe` (or, with `stop_at`, a SIGINT sent at that step: the trainer stops
-    after the next one, saved); the final (or saved) weights."""
+    after it, saved); the final (or saved) weights."""
     overrides = dict(device=device, cuda_graph=cuda_graph, iterations=STEPS, val_every=1000,
                      checkpoint_every=1000, seed=0, engine="batched")
     if meta_batch is not None:  # a CPU dry run
@@ -85,7 +85,7 @@ def main() -> None:
         if cuda:
             runs["captured"] = train(root / "captured", recipe, args.device, True)
         kind = "captured" if cuda else "eager"
-        train(root / "resumed", recipe, args.device, cuda, stop_at=STEPS // 2 - 1, meta_batch=small)
+        train(root / "resumed", recipe, args.device, cuda, stop_at=STEPS // 2, meta_batch=small)
         runs[f"{kind}, resumed at {STEPS // 2}"] = train(root / "resumed", recipe, args.device, cuda, resume=True,
                                                           meta_batch=small)
         logs = {"eager": losses(root / "eager"), "eager again": losses(root / "eager2"),

@@ -409,10 +409,7 @@ class Trainer:
                 finished = self.step >= c.optim.iterations or out_of_time
                 validate = self.step % c.run.val_every == 0 or finished
                 minutes = c.run.checkpoint_minutes
-                # read once: a signal arriving later in this step (during the read or a validation) is
-                # acted on after the next step, whose checkpoint is then saved before stopping
-                stop = self._stop_signal
-                due = (self.step % c.run.checkpoint_every == 0 or finished or stop is not None
+                due = (self.step % c.run.checkpoint_every == 0 or finished
                        or (minutes is not None and time.perf_counter() - last_save >= 60 * minutes))
                 # read before anything is validated or saved (stops at a non-finite loss); under torchrun
                 # every step, so that every rank stops at the same one (the metrics are host floats there)
@@ -426,7 +423,11 @@ class Trainer:
                     "loss": "-" if last is None else f"{last['loss']:.3f}",
                     "acc": "-" if last is None else f"{last['accuracy']:.1f}%",
                     "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
-                if due:
+                # read once, after the metrics and any validation: a signal that arrived during them
+                # stops the run now, with this step saved (a later one: after the next step)
+                stop = self._stop_signal
+                if due or stop is not None:
+                    self._read_metrics()  # already read, unless only the signal asks for this checkpoint
                     self.save("last")
                     last_save = time.perf_counter()
                 if stop is not None:

@@ -30,8 +30,8 @@ def train_log(run_dir):
 
 
 def test_a_signal_during_a_step_saves_the_step_it_stops_after_and_resumes_to_the_same_weights(tmp_path):
-    """A Ctrl-C that arrives while a step's metrics are read (or it validates: anywhere after the
-    step decided whether to checkpoint) stops the run after the next step, with that step saved:
+    """A Ctrl-C that arrives while a step's metrics are read (or it validates: after the step
+    decided whether its checkpoint was due) stops the run after that step with that step saved:
     the message names the checkpoint's step, and resuming ends where an uninterrupted run ends."""
     import os
     import signal
@@ -43,9 +43,9 @@ def test_a_signal_during_a_step_saves_the_step_it_stops_after_and_resumes_to_the
         if step == 3:
             os.kill(os.getpid(), signal.SIGINT)
     run_dir = tmp_path / "run"
-    with pytest.raises(Interrupted, match="stopped by signal 2 after step 4; checkpoint saved"):
+    with pytest.raises(Interrupted, match="stopped by signal 2 after step 3; checkpoint saved"):
         Trainer(config(**common), run_dir, progress=False, on_step=ctrl_c_at_step_3).fit()
-    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 4
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
     Trainer(resume_config(run_dir, {}), run_dir, resume=True, progress=False).fit()
     straight = weights(tmp_path / "straight")
     for k, v in weights(run_dir).items():
