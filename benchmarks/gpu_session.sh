@@ -9,14 +9,17 @@
 #
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
 #     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh     # parity, benches, captured resume (~7 min)
+#     STEPS=essential OUT=/path bash benchmarks/gpu_session.sh  # parity and the MAML and ProtoNet recipe
+#                                                               #   benches only (~3 min)
 #     STEPS=reproduce OUT=/path bash benchmarks/gpu_session.sh  # ProtoNet (2 min) then MAML (6 min or the
 #                                                               #   recipe's 60,000 steps) + evals (<= 10 min)
 #     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (4 min + eval), then Meta-SGD and
 #                                                               #   ANIL together (1.5 min + evals): ~8.5 min
-#     STEPS=all: all three (over one call's 10 minutes: use it only where calls may be longer)
-#   A session's 15 device minutes hold `timing` and `reproduce` back to back on one warm machine
-#   (the second call reads the first one's benches from /tmp) only if start-up is short: run
-#   `timing` first; the speed goals are its figures.
+#     STEPS=all: timing, reproduce and more (over one call's 10 minutes: only where calls may be longer)
+#   A session's 15 device minutes hold `essential` and `reproduce` back to back on one warm machine
+#   (the second call reads the first one's benches from /tmp; the speed goals are the first one's
+#   figures), but not `timing` and `reproduce`: `timing` adds the cuDNN, unfold and channels-last
+#   variants, Reptile's bench, the kernel profiles and the captured-resume checks.
 #   MAML_ARGS / PROTONET_ARGS (e.g. "--train-arg=--compile") replace the picked flags, for a call on a
 #   fresh machine that no longer holds the timing step's benches.
 #   dry run here (tiny, CPU):  DRY=1 STEPS=all OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
@@ -29,6 +32,8 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
 RES=/tmp/gpu_results
 STEPS=${STEPS:-all}
+case "$STEPS" in all|timing|essential|reproduce|more) ;;
+  *) echo "error: STEPS=$STEPS: choose essential, timing, reproduce, more or all" >&2; exit 2 ;; esac
 mkdir -p "$OUT" "$RES"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -73,22 +78,24 @@ reproduce() {  # reproduce TIMEOUT ARGS...
 picked() {  # picked RECIPE
   $PY benchmarks/reproduce.py --pick "$RES"/bench-"$1"*/bench.json 2>/dev/null
 }
-if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
+CAPTURED=batched-captured-step,batched-compiled-captured-step
+if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
   stamp "engine parity on $DEVICE (loop vs batched; captured meta-gradient and whole step vs eager)"
   timeout 150 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
     || stamp "parity failed or timed out"
   pack
   # the recipes' own training workloads (backbone, episode shape and meta-batch as trained), end to end
   # as training runs them on a GPU (the whole step one CUDA graph), in each configuration --pick weighs
-  CAPTURED=batched-captured-step,batched-compiled-captured-step
   bench bench-maml-omniglot-5w1s 150 --recipe maml-omniglot-5w1s --with-sampler \
     --impl loop,batched-captured,$CAPTURED
+  bench bench-protonet-omniglot-5w1s 80 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl loop,batched-captured,$CAPTURED
+fi
+if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   bench bench-maml-omniglot-5w1s-cudnn-benchmark 90 --recipe maml-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --cudnn-benchmark
   bench bench-maml-omniglot-5w1s-unfold 90 --recipe maml-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --conv-impl unfold
-  bench bench-protonet-omniglot-5w1s 80 --recipe protonet-omniglot-5w1s --with-sampler \
-    --impl loop,batched-captured,$CAPTURED
   bench bench-protonet-omniglot-5w1s-cudnn-benchmark 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --cudnn-benchmark
   bench bench-protonet-omniglot-5w1s-channels-last 60 --recipe protonet-omniglot-5w1s --with-sampler \
