@@ -102,6 +102,9 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
     --impl $CAPTURED --conv-impl channels-last
   bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl $CAPTURED --conv-impl unfold
+  # for the record, never picked (--pick skips TF32 benches): what TF32 convolutions would give ProtoNet
+  bench bench-protonet-omniglot-5w1s-tf32 60 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl $CAPTURED --tf32
   # Reptile: the meta-gradient graph against the whole step (its schedule copied in, epsilon a tensor)
   bench bench-reptile-omniglot-5w1s 60 --recipe reptile-omniglot-5w1s --with-sampler \
     --impl loop,batched-captured,batched-captured-step

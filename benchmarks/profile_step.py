@@ -13,9 +13,10 @@ records a few steps after a warm-up, in two forms:
 DIR/profile-<recipe>.json holds, per form and per step: the number of device kernels, their
 summed device time, the wall time, and the kernels with the most device time (name, calls,
 microseconds, share), plus the same time grouped by family (convolution, matrix product,
-normalisation and reductions, elementwise, copies, other), and the forward convolutions by group
-count (1: ordinary, over every task's images at once where the weights are shared -- vmap folds
-the first inner step this way; the number of tasks: grouped, where the weights are per task).  It says what the remaining
+normalisation and reductions, elementwise, copies, other), and the convolution calls
+(`aten::convolution`: the forwards, and those a double backward issues) by group count (1:
+ordinary, over every task's images at once where the weights are shared -- vmap folds the first
+inner step this way; the number of tasks: grouped, where the weights are per task).  It says what the remaining
 milliseconds of a step are made of -- launch-bound (many cheap kernels) or compute-bound (a
 few slow ones, e.g. vmap's grouped convolutions) -- so the next optimisation is chosen from a
 measurement.  On a CPU (dry run) the rows are CPU operators.
@@ -80,7 +81,7 @@ def profile_steps(step: Callable[[], Any], steps: int, device: torch.device) -> 
             if us <= 0 or not evt.key.startswith("aten::"):
                 continue
         rows.append({"name": evt.key, "calls_per_step": evt.count / steps, "us_per_step": us / steps})
-    convolutions: Dict[str, float] = {}  # forward convolutions by their group count (vmap's per-task weights: > 1)
+    convolutions: Dict[str, float] = {}  # convolution calls by group count (vmap's per-task weights: > 1)
     for evt in prof.events():
         if evt.name == "aten::convolution" and evt.concrete_inputs:
             groups = f"groups={evt.concrete_inputs[-1]}"

@@ -94,11 +94,14 @@ def pick_train_args(benches: List[dict]) -> List[str]:
     Each bench.json ran with one cuDNN setting and one convolution impl (`settings.cudnn_benchmark`,
     `settings.conv_impl`); its captured impls are compiled or not.  The fastest uncompiled row is
     the baseline; a compiled row is picked only when it is COMPILE_MUST_SAVE faster than that.
+    A bench with TF32 on is measured for the record, never picked: the reproductions run in fp32.
     Returns e.g. ['--compile', '--cudnn-benchmark', '--conv-impl=unfold'].
     """
     rows = []  # (ms, compiled, cudnn autotuned, conv impl)
     for bench in benches:
         settings = bench.get("settings", {})
+        if settings.get("tf32"):
+            continue
         autotuned, conv = bool(settings.get("cudnn_benchmark", False)), settings.get("conv_impl", "native")
         for r in bench["results"]:
             if r.get("mode") == "end to end" and r.get("status") == "ok" and r["impl"] in TRAINABLE_IMPLS:

@@ -55,8 +55,8 @@ def test_a_bad_conv_impl_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def _bench(rows, cudnn=False, conv="native"):
-    return {"settings": {"cudnn_benchmark": cudnn, "conv_impl": conv},
+def _bench(rows, cudnn=False, conv="native", tf32=False):
+    return {"settings": {"cudnn_benchmark": cudnn, "conv_impl": conv, "tf32": tf32},
             "results": [{"impl": impl, "mode": mode, "status": "ok", "median_ms": ms} for impl, mode, ms in rows]}
 
 
@@ -75,6 +75,9 @@ def test_pick_takes_the_fastest_end_to_end_configuration():
     assert pick_train_args([plain, tuned_close]) == ["--cudnn-benchmark"]
     assert pick_train_args([plain, _bench([("batched-captured-step", E2E, 1.0)], conv="unfold")]) == \
         ["--conv-impl=unfold"]
+    # a TF32 bench is for the record: the reproduction trains in fp32 whatever it measured
+    # (taken, its 0.5 ms would win with --cudnn-benchmark; skipped, plain's uncompiled row stands)
+    assert pick_train_args([plain, _bench([("batched-captured-step", E2E, 0.5)], cudnn=True, tf32=True)]) == []
     # compute-only rows, failed rows and impls that training cannot be are ignored
     ignored = _bench([("batched-captured-step", "compute only", 0.1), ("batched", E2E, 0.2),
                       ("loop", E2E, 0.3)], cudnn=True)
