@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from typing import Dict, List, Tuple
+from typing import Dict
 
 import pytest
 import torch
@@ -19,7 +19,7 @@ from torch import nn
 from l2l_app.algorithms.maml import BatchedMAML, MAMLSettings
 from l2l_app.algorithms.protonet import BatchedProtoNet
 from l2l_app.algorithms.reptile import ADAM_BETAS, ADAM_EPS, minibatch_schedule
-from l2l_app.backbones import Classifier, Conv4, TaskBatchNorm2d, batchnorm_mode
+from l2l_app.backbones import Classifier, Conv4, batchnorm_mode, bn_invariant_biases, conv_bn_pairs
 from l2l_app.data.types import EpisodeBatch
 from l2l_app.engine import choose_chunk_size
 from l2l_app.registry import ALGORITHMS
@@ -49,24 +49,6 @@ def meta_grads(learner, skip=frozenset()) -> torch.Tensor:
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
-    """(conv, batch norm) module names for every conv with a bias followed directly by batch norm."""
-    pairs = []
-    for prefix, module in model.named_modules():
-        if isinstance(module, nn.Sequential):
-            children = list(module.named_children())
-            for (name, a), (bn_name, b) in zip(children, children[1:]):
-                if isinstance(a, nn.Conv2d) and a.bias is not None and isinstance(b, TaskBatchNorm2d):
-                    pairs.append((f"{prefix}.{name}" if prefix else name,
-                                  f"{prefix}.{bn_name}" if prefix else bn_name))
-    return pairs
-
-
-def bn_invariant_biases(model: nn.Module) -> set:
-    """Names of conv biases followed directly by batch norm: their exact gradient is zero."""
-    return {f"{conv}.bias" for conv, _ in conv_bn_pairs(model)}
 
 
 @contextlib.contextmanager

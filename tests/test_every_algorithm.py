@@ -30,7 +30,7 @@ from l2l_app.registry import ALGORITHMS
 from l2l_app.trainer import Interrupted, Trainer, evaluate_run
 from conftest import random_episodes
 from enrol import ALGOS, BATCHED_ALGOS, ENGINE_CASES, make_pair
-from test_batched import bn_invariant_biases
+from l2l_app.backbones import bn_invariant_biases
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

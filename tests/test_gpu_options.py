@@ -14,7 +14,7 @@ from l2l_app.backbones import TaskConv2d, set_conv_impl
 from l2l_app.experiment import Experiment
 from conftest import cli_run, random_episodes, refused
 from enrol import ENGINE_CASES, make_learner, make_net
-from test_batched import bn_invariant_biases
+from l2l_app.backbones import bn_invariant_biases
 from test_trainer import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

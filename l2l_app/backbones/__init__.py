@@ -20,15 +20,16 @@ from ..errors import ConfigError
 from ..registry import BACKBONES, import_submodules
 from .conv import CONV_IMPLS, TaskConv2d, set_conv_impl
 from .conv4 import Conv4, conv_block
-from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, native_task_batch_norm,
-                   primitive_batch_norm)
+from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, bn_invariant_biases, conv_bn_pairs,
+                   native_task_batch_norm, primitive_batch_norm)
 from .spec import BackboneSpec
 
 import_submodules(__name__)
 
 __all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules",
            "has_batch_norm", "CONV_IMPLS", "TaskConv2d", "set_conv_impl", "TaskBatchNorm2d", "batchnorm_mode",
-           "BN_EPS", "primitive_batch_norm", "native_task_batch_norm", "Conv4", "conv_block"]
+           "BN_EPS", "primitive_batch_norm", "native_task_batch_norm", "conv_bn_pairs", "bn_invariant_biases",
+           "Conv4", "conv_block"]
 
 
 def build_backbone(name: str, input_shape: Tuple[int, ...], hidden: int, **options: Any) -> nn.Module:

@@ -17,7 +17,7 @@ for all tasks that share the same weights.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, List, Set, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -98,3 +98,25 @@ def batchnorm_mode(model: nn.Module, impl: str = "primitive", tasks: int = 1) ->
     finally:
         for m, (old_impl, old_tasks) in zip(layers, saved):
             m.impl, m.tasks = old_impl, old_tasks
+
+
+def conv_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
+    """(conv, batch norm) module names for every conv with a bias followed directly by batch norm
+    (consecutive children of an `nn.Sequential`)."""
+    pairs = []
+    for prefix, module in model.named_modules():
+        if isinstance(module, nn.Sequential):
+            children = list(module.named_children())
+            for (name, a), (bn_name, b) in zip(children, children[1:]):
+                if isinstance(a, nn.Conv2d) and a.bias is not None and isinstance(b, TaskBatchNorm2d):
+                    pairs.append((f"{prefix}.{name}" if prefix else name,
+                                  f"{prefix}.{bn_name}" if prefix else bn_name))
+    return pairs
+
+
+def bn_invariant_biases(model: nn.Module) -> Set[str]:
+    """Parameter names of the conv biases followed directly by batch norm.  Batch norm subtracts
+    the per-channel mean, so their exact gradient is zero and a computed one is rounding noise
+    (which Adam, dividing by its own magnitude, turns into steps of about its learning rate):
+    comparisons of two engines' gradients leave them out."""
+    return {f"{conv}.bias" for conv, _ in conv_bn_pairs(model)}
