@@ -81,9 +81,6 @@ def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gp
     return records
 
 
-#: the end-to-end bench impls a training run on a GPU can be (one CUDA graph per step or per meta-gradient)
-TRAINABLE_IMPLS = ("batched-captured-step", "batched-compiled-captured-step", "batched-captured",
-                   "batched-compiled-captured")
 #: torch.compile must be this much faster to be picked (it costs its compilation, ~15-30 s, once)
 COMPILE_MUST_SAVE = 0.25
 
@@ -97,6 +94,8 @@ def pick_train_args(benches: List[dict]) -> List[str]:
     A bench with TF32 on is measured for the record, never picked: the reproductions run in fp32.
     Returns e.g. ['--compile', '--cudnn-benchmark', '--conv-impl=unfold'].
     """
+    from l2l_app.bench.harness import CAPTURED, WHOLE_STEP
+    trainable = WHOLE_STEP + CAPTURED  # what a training run on a GPU can be: one CUDA graph per step or meta-gradient
     rows = []  # (ms, compiled, cudnn autotuned, conv impl)
     for bench in benches:
         settings = bench.get("settings", {})
@@ -104,7 +103,7 @@ def pick_train_args(benches: List[dict]) -> List[str]:
             continue
         autotuned, conv = bool(settings.get("cudnn_benchmark", False)), settings.get("conv_impl", "native")
         for r in bench["results"]:
-            if r.get("mode") == "end to end" and r.get("status") == "ok" and r["impl"] in TRAINABLE_IMPLS:
+            if r.get("mode") == "end to end" and r.get("status") == "ok" and r["impl"] in trainable:
                 rows.append((r["median_ms"], "compiled" in r["impl"], autotuned, conv))
     if not rows:
         return []

@@ -403,14 +403,14 @@ class World:
             store = None
         while True:
             gone = {r for r in local if _process_gone(self._procs[r][1])}
-            if store is None:
-                waiting = [r for r in others if r in local and r not in gone]
-                silent: List[int] = []
-            else:
+            late = time.monotonic() > deadline
+            if store is None:  # only the processes on this host can tell: wait for one to be gone
+                if gone or late or all(r not in local for r in others):
+                    return sorted(gone)
+            else:  # wait until every other rank is gone or has checked in
                 silent = [r for r in others if r not in gone and not store.check([f"{_ALIVE_KEY}{r}"])]
-                waiting = silent
-            if not waiting or time.monotonic() > deadline or (store is None and gone):
-                return sorted(gone | {r for r in silent if r not in local})
+                if not silent or late:
+                    return sorted(gone | {r for r in silent if r not in local})
             time.sleep(0.05)
 
     def close(self) -> None:

@@ -147,6 +147,11 @@ def _plain(value: Any) -> Any:
     return float(value) if isinstance(value, torch.Tensor) else value
 
 
+def _plain_scheduler_state(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """A scheduler's state dict with its learning rates (`base_lrs`, `_last_lr`) as floats."""
+    return {k: [_plain(x) for x in v] if k in ("base_lrs", "_last_lr") else v for k, v in state.items()}
+
+
 def optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any) -> Dict[str, Any]:
     """The optimiser's and scheduler's state for a checkpoint, independent of how the step runs:
     learning rates as floats (a capturable optimiser holds them as device tensors), no execution
@@ -154,9 +159,7 @@ def optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any) -> Dict[st
     opt = optimizer.state_dict()
     opt["param_groups"] = [{k: _plain(v) for k, v in g.items() if k not in EXECUTION_FLAGS}
                            for g in opt["param_groups"]]
-    sched = {k: [_plain(x) for x in v] if k in ("base_lrs", "_last_lr") else v
-             for k, v in scheduler.state_dict().items()}
-    return {"optimizer": opt, "scheduler": sched}
+    return {"optimizer": opt, "scheduler": _plain_scheduler_state(scheduler.state_dict())}
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any, optimizer_saved: Mapping[str, Any],
@@ -180,8 +183,7 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, scheduler: Any, optim
                 step = optimizer.state.get(p, {}).get("step")
                 if isinstance(step, torch.Tensor):
                     optimizer.state[p]["step"] = step.cpu()
-    scheduler.load_state_dict({k: [_plain(x) for x in v] if k in ("base_lrs", "_last_lr") else v
-                               for k, v in scheduler_saved.items()})
+    scheduler.load_state_dict(_plain_scheduler_state(scheduler_saved))
 
 
 #: Adam on the query loss; optionally the lr times --lr-decay every --lr-decay-every steps

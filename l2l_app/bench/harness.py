@@ -407,14 +407,16 @@ class Bench:
         try:
             with MemoryMeter(self.device) as mem:
                 self.sync()
-                drawn = copy.deepcopy(learner.extra_state())  # its generators, before the first call draws
+                replayed = impl in CAPTURED and not end_to_end  # its gradient is checked on a replay
+                # the learner's generators before the first call draws (the replay redraws the same)
+                drawn = copy.deepcopy(learner.extra_state()) if replayed else None
                 start = time.perf_counter()
                 metrics = learner.meta_step(batch)  # first call: gradient check (and compilation)
                 self.sync()
                 first_ms = (time.perf_counter() - start) * 1000.0
                 grads = _grads(learner)
                 times = time_calls(fn, self.s.warmup, self.s.repeats, self.sync)
-                if impl in CAPTURED and not end_to_end:  # the gradient of a replay, not of the eager call,
+                if replayed:  # the gradient of a replay, not of the eager call,
                     learner.load_extra_state(drawn)  # with the first call's random draws (Reptile's schedule)
                     meta_gradient(batch)
                     self.sync()

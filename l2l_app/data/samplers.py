@@ -215,6 +215,9 @@ class TensorTaskSource:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
+    #: the names of `draw_keys`'s tensors (the arguments of `indices_from_keys` and `batch_from_keys`)
+    KEY_NAMES = ("class_keys", "image_keys")
+
     def draw_keys(self, num_tasks: int) -> Dict[str, torch.Tensor]:
         """A meta-batch's random draws, the only part of sampling that uses the generator:
         class_keys [B, num_classes] and image_keys [B, ways, max images per class], uniform on `device`."""
@@ -222,8 +225,9 @@ class TensorTaskSource:
             raise ConfigError(f"number of tasks must be at least 1, got {num_tasks}")
         g, dev = self.generator, self.device
         num_classes, width = self.table.shape
-        return {"class_keys": torch.rand(num_tasks, num_classes, generator=g, device=dev),
-                "image_keys": torch.rand(num_tasks, self.ways, width, generator=g, device=dev)}
+        class_keys = torch.rand(num_tasks, num_classes, generator=g, device=dev)
+        image_keys = torch.rand(num_tasks, self.ways, width, generator=g, device=dev)
+        return dict(zip(self.KEY_NAMES, (class_keys, image_keys)))
 
     def indices_from_keys(self, class_keys: torch.Tensor,
                           image_keys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

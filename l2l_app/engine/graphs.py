@@ -181,14 +181,13 @@ class CapturedTrainingStep:
         self.optimizer, self.grad_clip = optimizer, grad_clip
         self.call = GraphedCall(self._step, warmup, backend, before_capture=learner.zero_grad)
         self._lrs: Optional[List[Optional[float]]] = None
-        self._key_names: Tuple[str, ...] = ()
 
     @property
     def captured(self) -> bool:
         return self.call.captured
 
     def _step(self, **tensors: torch.Tensor) -> StepMetrics:
-        keys = {k: tensors.pop(k) for k in self._key_names}
+        keys = {k: tensors.pop(k) for k in TensorTaskSource.KEY_NAMES}
         metrics = self.learner.meta_gradient(self.source.batch_from_keys(**keys), **tensors)
         apply_meta_gradient(self.learner, self.optimizer, self.grad_clip)
         return metrics
@@ -200,8 +199,7 @@ class CapturedTrainingStep:
         if self.captured and lrs != self._lrs:
             self.call.recapture()
         self._lrs = lrs
-        keys = self.source.draw_keys(self.meta_batch)
-        self._key_names = tuple(keys)
         source = self.source
+        keys = source.draw_keys(self.meta_batch)
         inputs = self.learner.draw_step_inputs(self.meta_batch, source.ways * source.shots, source.device)
         return self.call(**keys, **inputs)
