@@ -109,12 +109,16 @@ class MetaOptimizer:
     hold (`engine.graphs.CapturedTrainingStep`).  Its learning rate is either a float that
     changes seldom (Adam's step decay: the step is captured again after a change) or a device
     tensor the scheduler fills in place and the graph reads (Reptile's epsilon, annealed every step).
+    `spans_iterations`: its schedule is laid out over --iterations (Reptile's epsilon reaches
+    --meta-lr-final at the last one), so a run a time budget ends sooner stops mid-schedule; the
+    trainer says so, and how many iterations the budget holds.
     """
 
     description: str
     uses: Tuple[str, ...]
     build: Callable[..., Optimizers]
     capturable: bool = False
+    spans_iterations: bool = False
 
 
 def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",

@@ -99,6 +99,18 @@ class Progress:
         elif self._printed != self._done or self._done == self._first[0]:
             self._print_line()
 
+    def note(self, text: str) -> None:
+        """A line of its own (a notice) above the progress line, which is then drawn again."""
+        if not self.enabled:
+            return
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self._width) + "\n")
+            self._width = 0
+            self._redraw()
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
     def __enter__(self) -> "Progress":
         return self
 

@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -71,6 +71,9 @@ class TrainSummary:
     iterations: int = 0
     time_budget: Optional[float] = None
     stale_evaluations: int = 0
+    #: the time budget stopped a schedule laid out over the iterations (`MetaOptimizer.spans_iterations`)
+    #: part-way: what it reached, and the --iterations this budget holds
+    schedule_cut: Optional[str] = None
 
     def describe(self, engine: str, sampler: str, device: str) -> str:
         """What the CLI prints at the end of `train`."""
@@ -87,6 +90,8 @@ class TrainSummary:
         note = " (time budget reached)" if self.stopped_by_budget else ""
         lines = [f"trained {self.steps} steps in {self.seconds:.1f}s{note} [{engine} engine, {sampler} sampler, "
                  f"{device}]; best validation accuracy {best}; run: {self.run_dir}"]
+        if self.schedule_cut:
+            lines.append(self.schedule_cut)
         if self.skipped_steps:
             lines.append(f"skipped {self.skipped_steps} steps with a non-finite loss")
         if self.bad_images:
@@ -96,6 +101,36 @@ class TrainSummary:
                          f"changed); `l2l-app report {self.run_dir} --out DIR` lists them with the commands "
                          f"that refresh them")
         return "\n".join(lines)
+
+
+class ScheduleCutForecast:
+    """Foresees, once, that a time budget will stop a run before a schedule laid out over its
+    iterations ends (`MetaOptimizer.spans_iterations`).
+
+    `check(step, elapsed)` is called after every step with the run's clock; the rate is measured
+    from this process's first step (which holds any capture or compilation) and judged once,
+    `after_seconds` into the run.  It returns the step the budget will end the run near, when that
+    is short of `iterations`, and None otherwise (and on every later call).
+    """
+
+    def __init__(self, iterations: int, budget_seconds: float, after_seconds: float) -> None:
+        self.iterations, self.budget, self.after = iterations, budget_seconds, after_seconds
+        self._from: Optional[Tuple[int, float]] = None  # (step, elapsed) after this process's first step
+        self._done = False
+
+    def check(self, step: int, elapsed: float) -> Optional[int]:
+        if self._done:
+            return None
+        if self._from is None:
+            self._from = (step, elapsed)
+            return None
+        if elapsed < self.after or step == self._from[0]:
+            return None
+        self._done = True
+        seconds_per_step = (elapsed - self._from[1]) / (step - self._from[0])
+        projected = step + int(max(0.0, self.budget - elapsed) / seconds_per_step) if seconds_per_step > 0 \
+            else self.iterations
+        return projected if projected < self.iterations else None
 
 
 def eval_protocol(config: ExperimentConfig, split: str, episodes: int, seed: int, sampler: str,
@@ -361,9 +396,16 @@ class Trainer:
         stale = 0
         if self.status == "trained" and self.resume:
             stale = sum(e.status == "stale" for e in list_evaluations(self.run_dir))
+        c = self.config
+        cut = None
+        if stopped_by_budget and c.spec.optimizer.spans_iterations and self.step < c.optim.iterations:
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            cut = (f"the time budget stopped {c.algo}'s schedule ({c.spec.optimizer.description}) at step "
+                   f"{self.step} of {c.optim.iterations}, its learning rate at {lr:.3g}; to complete it within "
+                   f"this budget, train with --iterations {self.step}")
         return TrainSummary(self.run_dir, self.step, self.elapsed, self.best_val, self.best_step,
                             stopped_by_budget, self.skipped, len(self.bad_images), self.status,
-                            self.config.optim.iterations, self.config.run.time_budget, stale)
+                            c.optim.iterations, c.run.time_budget, stale, cut)
 
     def _close(self, committed: bool) -> None:
         """Release the run directory; a staged run that never wrote a checkpoint is discarded."""
@@ -392,6 +434,8 @@ class Trainer:
         budget = None if c.run.time_budget is None else 60 * c.run.time_budget
         bar = Progress(f"{c.algo}/{self.engine}", c.optim.iterations, self.step, self.elapsed,
                        budget_seconds=budget, enabled=self.progress, log_every=c.run.log_every)
+        forecast = None if budget is None or not c.spec.optimizer.spans_iterations else \
+            ScheduleCutForecast(c.optim.iterations, budget, after_seconds=min(60.0, 0.1 * budget))
         try:
             while self.step < c.optim.iterations:
                 metrics = self._train_step()  # device scalars: read in _read_metrics, every few steps
@@ -423,6 +467,11 @@ class Trainer:
                     "loss": "-" if last is None else f"{last['loss']:.3f}",
                     "acc": "-" if last is None else f"{last['accuracy']:.1f}%",
                     "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
+                near = None if forecast is None else forecast.check(self.step, self.elapsed)
+                if near is not None:
+                    bar.note(f"note: at this pace the time budget ends the run near step {near} of "
+                             f"{c.optim.iterations}, before {c.algo}'s schedule ({c.spec.optimizer.description}) "
+                             f"is through; to complete it within the budget, train with --iterations {near}")
                 # read once, after the metrics and any validation: a signal that arrived during them
                 # stops the run now, with this step saved (a later one: after the next step)
                 stop = self._stop_signal

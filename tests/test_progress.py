@@ -83,3 +83,19 @@ def test_advance_counts_uneven_chunks_and_prints_each_tenth_once():
     done = [line.split("image ")[1].split()[0] for line in out.getvalue().splitlines()]
     assert done == ["14/100", "21/100", "35/100", "42/100", "56/100", "63/100", "70/100", "84/100",
                     "91/100", "100/100"]
+
+
+def test_a_note_gets_a_line_of_its_own_and_the_progress_line_is_drawn_again():
+    term = Terminal()
+    p = Progress("reptile", total=10, stream=term, clock=lambda: 0.0)
+    p.update(1, 1.0)
+    p.note("note: something to know")
+    assert term.getvalue().endswith("\rnote: something to know" + " " * (len(p.line()) - 23) + "\n\r" + p.line())
+    plain = io.StringIO()
+    q = Progress("reptile", total=10, stream=plain, log_every=100)
+    q.update(1, 1.0)
+    q.note("note: something to know")
+    assert plain.getvalue() == "note: something to know\n"  # no progress line is due yet in plain mode
+    quiet = io.StringIO()
+    Progress("r", total=10, stream=quiet, enabled=False).note("note")
+    assert quiet.getvalue() == ""

@@ -103,3 +103,50 @@ def test_max_memory_picks_a_chunk_size(tmp_path):
     roomy = Trainer(config(algo="maml", train_ways=None, engine="batched", meta_batch=4, iterations=1,
                            max_memory=64.0), tmp_path / "roomy", progress=False)
     assert roomy.learner.chunk_size == 4
+
+
+class _OneSecondPerCall:
+    """The trainer's clock (`time.perf_counter`), one second later at every call: one call per step."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.mark.parametrize("algo,cut", [("reptile", True), ("protonet", False)])
+def test_a_time_budget_that_cuts_an_annealing_schedule_is_foreseen_and_reported(tmp_path, monkeypatch, capsys,
+                                                                                algo, cut):
+    """Reptile's epsilon anneals over --iterations: a --time-budget that ends the run sooner is
+    said once while it trains (from the measured pace) and again at the end, each with the
+    --iterations the budget holds; ProtoNet's Adam (no step decay here) has no schedule to cut."""
+    import l2l_app.trainer as trainer_module
+    monkeypatch.setattr(trainer_module, "time", _OneSecondPerCall())
+    settings = dict(algo=algo, iterations=1000, time_budget=0.25, val_every=1000, checkpoint_every=1000,
+                    **(dict(meta_batch=2, inner_steps=1, test_inner_steps=1) if algo == "reptile" else {}))
+    summary = Trainer(config(**settings), tmp_path / algo, progress=True).fit()
+    err = capsys.readouterr().err
+    assert summary.stopped_by_budget and 5 < summary.steps < 1000  # 15 s at one second per step
+    text = summary.describe("batched", "tensor", "cpu")
+    if not cut:
+        assert summary.schedule_cut is None and "--iterations" not in err + text
+        return
+    # a constant pace: the forecast made two steps in is the step the budget ended the run at
+    assert f"the time budget ends the run near step {summary.steps} of 1000" in err
+    assert f"train with --iterations {summary.steps}" in err
+    assert f"at step {summary.steps} of 1000" in text and f"train with --iterations {summary.steps}" in text
+    assert err.count("note: at this pace") == 1
+
+
+def test_the_schedule_cut_forecast_measures_the_pace_after_the_first_step_and_speaks_once():
+    from l2l_app.trainer import ScheduleCutForecast
+    f = ScheduleCutForecast(iterations=1000, budget_seconds=100.0, after_seconds=40.0)
+    assert f.check(1, 30.0) is None  # the first step (30 s: a capture) sets where the pace is measured from
+    assert f.check(5, 34.0) is None  # too early to judge
+    assert f.check(11, 40.0) == 11 + 60  # 1 s/step since step 1, 60 s left: the first step's 30 s not counted
+    assert f.check(12, 41.0) is None  # said once
+    roomy = ScheduleCutForecast(iterations=50, budget_seconds=100.0, after_seconds=1.0)
+    assert roomy.check(1, 2.0) is None and roomy.check(3, 4.0) is None  # 1 s/step: 50 steps fit in 100 s
+    assert roomy.check(4, 5.0) is None

@@ -88,7 +88,7 @@ def _sgd_with_linear_annealing(params: List[torch.Tensor], optim, settings: Rept
 
 
 REPTILE_SGD = MetaOptimizer("SGD with lr = epsilon, annealed linearly to --meta-lr-final", (),
-                            _sgd_with_linear_annealing, capturable=True)
+                            _sgd_with_linear_annealing, capturable=True, spans_iterations=True)
 
 
 def minibatch_schedule(num_tasks: int, num_support: int, inner_batch: int, steps: int,
