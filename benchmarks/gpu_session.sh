@@ -13,8 +13,9 @@
 #                                                               #   benches only (~3 min)
 #     STEPS=reproduce OUT=/path bash benchmarks/gpu_session.sh  # ProtoNet (2 min) then MAML (6 min or the
 #                                                               #   recipe's 60,000 steps) + evals (<= 10 min)
-#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (4 min + eval), then Meta-SGD and
-#                                                               #   ANIL together (1.5 min + evals): ~8.5 min
+#     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (calibration, 4 min, eval), then
+#                                                               #   Meta-SGD and ANIL together (1.5 min + evals):
+#                                                               #   <= 9.5 min
 #     STEPS=all: timing, reproduce and more (over one call's 10 minutes: only where calls may be longer)
 #   A session's 15 device minutes hold `essential` and `reproduce` back to back on one warm machine
 #   (the second call reads the first one's benches from /tmp; the speed goals are the first one's
@@ -129,7 +130,7 @@ if [ "$STEPS" = all ] || [ "$STEPS" = reproduce ]; then
   reproduce 405 maml-omniglot-5w1s $ARGS
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = more ]; then
-  reproduce 330 reptile-omniglot-5w1s
-  reproduce 250 --together metasgd-omniglot-5w1s anil-omniglot-20w1s
+  reproduce 360 reptile-omniglot-5w1s  # a calibration run (<= 0.5 min) fits its iterations to 4 min
+  reproduce 200 --together metasgd-omniglot-5w1s anil-omniglot-20w1s
 fi
 stamp "done ($STEPS)"

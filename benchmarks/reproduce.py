@@ -3,7 +3,7 @@ wall-clock budget, then `l2l-app eval` of the best-validation checkpoint (1000 f
 episodes, 95% CI), recorded in OUT/reproduction.json (one record per recipe and episode shape).
 
     python benchmarks/reproduce.py --out DIR maml-omniglot-5w1s protonet-omniglot-5w1s
-    python benchmarks/reproduce.py --out DIR --together reptile-omniglot-5w1s anil-omniglot-20w1s
+    python benchmarks/reproduce.py --out DIR --together metasgd-omniglot-5w1s anil-omniglot-20w1s
     python benchmarks/reproduce.py --list
 
 Every run uses the defaults a user gets on a GPU (`--engine auto`: the batched engine, the
@@ -13,27 +13,41 @@ recipe's iterations under a wall-clock `--time-budget` (whichever ends first), v
 trains the named recipes at the same time on the one GPU (each record says so: its minutes were
 shared); without it they run one after another.  Run directories land in OUT/runs/<recipe>; copy
 them without their checkpoints next to the JSON.
+
+A recipe whose schedule spans its iterations (Reptile's epsilon anneals linearly to 0 over 100,000)
+would, cut off by the budget, never anneal.  Such a recipe first trains CALIBRATION_STEPS steps
+with the same flags (OUT/runs/<recipe>-calibration), and the reproduction then trains the
+iterations its budget holds (`--iterations N`, in the record's command), so its schedule ends.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-#: recipe -> (training minutes, [(ways, shots, the paper's accuracy)], extra train arguments)
-REPRODUCTIONS: Dict[str, Tuple[float, List[Tuple[int, int, float]], List[str]]] = {
-    "maml-omniglot-5w1s": (6.0, [(5, 1, 98.7)], []),
-    "protonet-omniglot-5w1s": (2.0, [(5, 1, 98.8), (20, 1, 96.0)], []),
-    "reptile-omniglot-5w1s": (4.0, [(5, 1, 97.68)], []),
-    "metasgd-omniglot-5w1s": (1.5, [(5, 1, 99.53)], []),
-    "anil-omniglot-20w1s": (1.5, [(20, 1, 96.2)], []),
+class Reproduction(NamedTuple):
+    minutes: float  # training budget (--time-budget)
+    shapes: List[Tuple[int, int, float]]  # (ways, shots, the paper's accuracy) evaluated on the test split
+    extra: List[str]  # more `l2l-app train` arguments
+    #: the recipe's schedule spans --iterations (Reptile anneals epsilon linearly to 0 over them): train the
+    #: iterations the budget holds, measured by a calibration run (`fit_iterations`), so the schedule ends
+    fit_iterations: bool = False
+
+
+REPRODUCTIONS: Dict[str, Reproduction] = {
+    "maml-omniglot-5w1s": Reproduction(6.0, [(5, 1, 98.7)], []),
+    "protonet-omniglot-5w1s": Reproduction(2.0, [(5, 1, 98.8), (20, 1, 96.0)], []),
+    "reptile-omniglot-5w1s": Reproduction(4.0, [(5, 1, 97.68)], [], fit_iterations=True),
+    "metasgd-omniglot-5w1s": Reproduction(1.5, [(5, 1, 99.53)], []),
+    "anil-omniglot-20w1s": Reproduction(1.5, [(20, 1, 96.2)], []),
 }
 COMMON = ["--val-every", "500", "--val-episodes", "200", "--checkpoint-every", "2000",
           "--seed", "0", "--overwrite"]
@@ -45,15 +59,15 @@ def command(*args: str) -> List[str]:
     return [sys.executable, "-m", "l2l_app.cli", *args]
 
 
-def train_args(recipe: str, minutes: float, run_dir: Path, more: List[str] = ()) -> List[str]:
-    _, _, extra = REPRODUCTIONS[recipe]
+def train_args(recipe: str, minutes: float, run_dir: Path, more: Sequence[str] = ()) -> List[str]:
+    extra = REPRODUCTIONS[recipe].extra
     return ["train", "--recipe", recipe, *extra, *more, "--time-budget", f"{minutes:g}", *COMMON, "--out", str(run_dir)]
 
 
 def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gpu: str,
-             episodes: int = EPISODES, more: List[str] = ()) -> List[dict]:
+             episodes: int = EPISODES, more: Sequence[str] = (), calibration: Optional[dict] = None) -> List[dict]:
     from l2l_app.rundir import eval_file_name
-    _, shapes, _ = REPRODUCTIONS[recipe]
+    shapes = REPRODUCTIONS[recipe].shapes
     config = json.loads((run_dir / "config.json").read_text())
     seed = config["eval"]["eval_seed"]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -75,10 +89,64 @@ def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gp
             "train_seconds": seconds, "ms_per_step": round(1000 * seconds / steps, 3),
             "eval_seconds": round(eval_seconds, 1), "gpu": gpu, "execution": info.get("execution"),
             "trained_together_with": [r for r in together if r != recipe],
+            "iterations": config["optim"]["iterations"], "iterations_fitted_to_budget": calibration,
             "command": " && ".join(["l2l-app " + " ".join(train_args(recipe, minutes, Path(f"runs/{recipe}"), more)),
                                     "l2l-app " + " ".join(args[:1] + [f"runs/{recipe}"] + args[2:])]),
         })
     return records
+
+
+#: a calibration run's steps: one validation (every 500, COMMON's) and the steps after it
+CALIBRATION_STEPS = 600
+#: ... or this long, if sooner (a step slower than 50 ms is timed without a validation)
+CALIBRATION_MINUTES = 0.5
+#: the share of the budget a fitted run plans to use: the rest absorbs its final validation and save
+#: and the GPU's step-to-step variance, so that the time budget does not end the schedule first
+BUDGET_SHARE = 0.9
+
+
+def fit_iterations(rows: Sequence[dict], budget_seconds: float, val_every: int, most: int) -> dict:
+    """The iterations a run ends within its budget, from a calibration run's metrics.jsonl rows.
+
+    A train row's `time` is the run's seconds after that step (before any validation), so a step's
+    cost is the median gap between consecutive train rows, and a validation's is the gap across it
+    less one step.  A run of N steps then takes  first + (N - 1) * step + (N // val_every) * validation
+    seconds, planned at BUDGET_SHARE of the budget and capped at the recipe's own iterations (`most`).
+    Returns {"iterations", "step_seconds", "validation_seconds", "first_step_seconds", "calibration_steps"}
+    (validation_seconds None when the calibration ended before its first validation: counted as 0).
+    """
+    times = {r["step"]: r["time"] for r in rows if r["kind"] == "train"}
+    validated = {r["step"] for r in rows if r["kind"] == "val"}
+    steps = sorted(times)
+    if len(steps) < 3:
+        raise SystemExit(f"the calibration run made {len(steps)} steps: too few to time one (give it more minutes)")
+    gaps = [times[b] - times[a] for a, b in zip(steps, steps[1:]) if b == a + 1 and a not in validated]
+    step = statistics.median(gaps)
+    across = [times[v + 1] - times[v] - step for v in sorted(validated) if v + 1 in times]
+    validation = statistics.mean(across) if across else None
+    per_step = step + (validation or 0.0) / val_every
+    fitted = int((BUDGET_SHARE * budget_seconds - times[steps[0]]) // per_step) + 1
+    return {"iterations": max(1, min(fitted, most)), "step_seconds": round(step, 6),
+            "validation_seconds": None if validation is None else round(validation, 3),
+            "first_step_seconds": round(times[steps[0]], 3), "calibration_steps": steps[-1]}
+
+
+def calibrate(recipe: str, minutes: float, runs: Path, more: Sequence[str]) -> dict:
+    """Time `recipe` as it will train (same flags, validation included) for CALIBRATION_STEPS steps
+    (or CALIBRATION_MINUTES at most) in runs/<recipe>-calibration, and fit its iterations to `minutes`."""
+    run_dir = runs / f"{recipe}-calibration"
+    cmd = command(*train_args(recipe, min(CALIBRATION_MINUTES, minutes), run_dir,
+                              [*more, "--iterations", str(CALIBRATION_STEPS)]))
+    print("+", " ".join(cmd), flush=True)
+    with open(runs / f"{recipe}-calibration.train.log", "w") as log:
+        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    from l2l_app.recipes import load_recipe
+    fit = fit_iterations(rows, 60 * minutes, int(COMMON[COMMON.index("--val-every") + 1]),
+                         load_recipe(recipe).settings["iterations"])
+    print(f"{recipe}: {fit['step_seconds'] * 1000:.2f} ms/step, validation {fit['validation_seconds']} s: "
+          f"{fit['iterations']} iterations fit {minutes:g} min", flush=True)
+    return fit
 
 
 #: torch.compile must be this much faster to be picked (it costs its compilation, ~15-30 s, once)
@@ -135,26 +203,41 @@ def main() -> None:
         print(" ".join(f"--train-arg={flag}" for flag in pick_train_args(benches)))  # e.g. --train-arg=--compile
         return
     if args.list or not args.recipes:
-        for name, (minutes, shapes, _) in REPRODUCTIONS.items():
-            print(f"{name}: {minutes:g} min, " + ", ".join(f"{w}w{s}s (paper {p})" for w, s, p in shapes))
+        for name, plan in REPRODUCTIONS.items():
+            fitted = " (iterations fitted to it)" if plan.fit_iterations else ""
+            print(f"{name}: {plan.minutes:g} min{fitted}, "
+                  + ", ".join(f"{w}w{s}s (paper {p})" for w, s, p in plan.shapes))
         return
     unknown = [r for r in args.recipes if r not in REPRODUCTIONS]
     if unknown or args.out is None:
-        raise SystemExit(f"unknown recipe(s) {unknown}; --list shows them" if unknown else "--out DIR is needed")
+        parser.error(f"unknown recipe(s) {unknown}; --list shows them" if unknown else "--out DIR is needed")
+    fitted_together = [r for r in args.recipes if REPRODUCTIONS[r].fit_iterations] if args.together else []
+    if fitted_together:
+        parser.error(f"{', '.join(fitted_together)} fits its iterations to its budget by timing a run alone: "
+                         "train it without --together")
     from l2l_app.runtime import environment
     env = environment()
     gpu = env.get("cuda") or env.get("cpu")
     runs = args.out / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    minutes = {r: args.minutes if args.minutes is not None else REPRODUCTIONS[r][0] for r in args.recipes}
+    minutes = {r: args.minutes if args.minutes is not None else REPRODUCTIONS[r].minutes for r in args.recipes}
     together = list(args.recipes) if args.together else []
     groups = [args.recipes] if args.together else [[r] for r in args.recipes]
     path = args.out / "reproduction.json"
     records = json.loads(path.read_text()) if path.is_file() else []
+    fitted: Dict[str, dict] = {}  # recipe -> its calibration (fit_iterations)
+
+    def more(recipe: str) -> List[str]:
+        """The train arguments beyond the recipe's: --train-arg's, and the fitted iterations."""
+        fit = fitted.get(recipe)
+        return [*args.train_arg, *(["--iterations", str(fit["iterations"])] if fit else [])]
+
     for group in groups:
         procs = []
         for recipe in group if not args.eval_only else []:
-            cmd = command(*train_args(recipe, minutes[recipe], runs / recipe, args.train_arg))
+            if REPRODUCTIONS[recipe].fit_iterations:
+                fitted[recipe] = calibrate(recipe, minutes[recipe], runs, args.train_arg)
+            cmd = command(*train_args(recipe, minutes[recipe], runs / recipe, more(recipe)))
             print("+", " ".join(cmd), flush=True)
             log = open(runs / f"{recipe}.train.log", "w")
             procs.append((recipe, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
@@ -165,7 +248,8 @@ def main() -> None:
                   (runs / f"{recipe}.train.log").read_text().strip().splitlines()[-1], flush=True)
         done = [recipe for recipe, proc, _ in procs if proc.returncode == 0] if not args.eval_only else group
         for recipe in done:
-            new = evaluate(recipe, runs / recipe, minutes[recipe], together, gpu, args.episodes, args.train_arg)
+            new = evaluate(recipe, runs / recipe, minutes[recipe], together, gpu, args.episodes, more(recipe),
+                           fitted.get(recipe))
             records = [r for r in records if not (r["recipe"] == recipe and r["shape"] in {n["shape"] for n in new})]
             records.extend(new)
             path.write_text(json.dumps(records, indent=2) + "\n")

@@ -18,7 +18,7 @@ from l2l_app.backbones import bn_invariant_biases
 from test_trainer import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from reproduce import pick_train_args  # noqa: E402
+from reproduce import BUDGET_SHARE, fit_iterations, pick_train_args  # noqa: E402
 
 
 @pytest.fixture
@@ -107,3 +107,42 @@ def test_every_engine_gives_the_same_meta_gradient_with_any_convolution(algo, en
     scale = native.abs().max()
     for n in invariant:
         assert all(g[n].grad.abs().max() <= 1e-6 * scale for g in grads), n
+
+
+def _calibration_rows(steps: int, first: float, step: float, validation: float, val_every: int = 500) -> list:
+    """metrics.jsonl rows of a run whose steps take `step` s (the first `first` s) and whose
+    validations take `validation` s: a train row's time is before its step's validation."""
+    rows, now = [], 0.0
+    for n in range(1, steps + 1):
+        now += first if n == 1 else step
+        rows.append({"kind": "train", "step": n, "time": round(now, 6)})
+        if n % val_every == 0:
+            rows.append({"kind": "val", "step": n, "time": round(now, 6)})
+            now += validation
+    return rows
+
+
+def _run_seconds(n: int, first: float, step: float, validation: float, val_every: int = 500) -> float:
+    return first + (n - 1) * step + (n // val_every) * validation
+
+
+def test_fit_iterations_ends_the_schedule_within_the_budget():
+    first, step, validation, budget = 4.0, 0.0025, 3.0, 240.0
+    fit = fit_iterations(_calibration_rows(600, first, step, validation), budget, 500, most=100_000)
+    n = fit["iterations"]
+    assert fit["step_seconds"] == pytest.approx(step) and fit["validation_seconds"] == pytest.approx(validation)
+    assert fit["first_step_seconds"] == pytest.approx(first) and fit["calibration_steps"] == 600
+    # the most steps whose planned time (validations spread per step) fits the budget's share
+    assert _run_seconds(n, first, step, validation) <= BUDGET_SHARE * budget + validation
+    assert first + n * (step + validation / 500) > BUDGET_SHARE * budget
+    assert 24_000 < n < 26_000  # 212 s at 2.5 + 3000/500 ms per step: well short of the recipe's 100,000
+
+
+def test_fit_iterations_caps_at_the_recipes_iterations_and_times_without_a_validation():
+    fast = fit_iterations(_calibration_rows(600, 1.0, 0.0001, 0.5), 240.0, 500, most=100_000)
+    assert fast["iterations"] == 100_000  # the budget holds the recipe's whole schedule: nothing is cut
+    slow = fit_iterations(_calibration_rows(50, 2.0, 1.2, 10.0), 60.0, 500, most=100_000)
+    assert slow["validation_seconds"] is None  # ended before its first validation: counted as free
+    assert slow["iterations"] == int((BUDGET_SHARE * 60.0 - 2.0) // 1.2) + 1
+    with pytest.raises(SystemExit, match="2 steps"):
+        fit_iterations(_calibration_rows(2, 2.0, 1.2, 10.0), 60.0, 500, most=100_000)
