@@ -63,6 +63,12 @@ EXPERIMENTS = {
         ["--recipe", "reptile-omniglot-5w1s", "--iterations", "500",
          "--val-every", "250", "--val-episodes", "50"],
         [(5, 1)]),
+    # The same 500 steps with the epsilon of the recipe's first 500 of 100,000 iterations (1.0 down to
+    # 0.995: what a run cut short by a time budget trains with): how much Reptile's annealing is worth.
+    "reptile-5w1s-cpu-unannealed": (
+        ["--recipe", "reptile-omniglot-5w1s", "--iterations", "500", "--meta-lr-final", "0.995",
+         "--val-every", "250", "--val-episodes", "50"],
+        [(5, 1)]),
     # Issue 10: ANIL and Meta-SGD with maml-5w1s-cpu's protocol (MAML's published Omniglot 5-way
     # 1-shot settings, meta-batch 8, 1000 steps, loop engine). ANIL has no 5w1s recipe (its paper
     # reports Omniglot 20-way), so its settings are written out.
