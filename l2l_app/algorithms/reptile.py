@@ -152,6 +152,11 @@ class _MinibatchGenerator:
         """The meta-step's mini-batch schedule [B, inner_steps, inner_batch], drawn now, on `device`."""
         s = self.settings
         schedule = minibatch_schedule(num_tasks, num_support, s.inner_batch, s.inner_steps, self.generator)
+        if device.type == "cuda":
+            # from pinned memory the copy is queued behind the GPU's work; from pageable memory it would
+            # wait for that work to finish, a host synchronisation every step (the caching host allocator
+            # keeps the pinned block until the copy is done)
+            schedule = schedule.pin_memory()
         return {"schedule": schedule.to(device, non_blocking=True)}
 
     def extra_state(self) -> Dict[str, Any]:
