@@ -10,7 +10,8 @@
 #   on the device machine, from the repo root, with .whl/ carried (learn2learn sdist, gym wheel):
 #     STEPS=timing OUT=/path bash benchmarks/gpu_session.sh     # parity, benches, captured resume (~7 min)
 #     STEPS=essential OUT=/path bash benchmarks/gpu_session.sh  # parity and the MAML and ProtoNet recipe
-#                                                               #   benches only (~3 min)
+#                                                               #   benches only (ProtoNet's also autotuned
+#                                                               #   over NHWC tensors; ~3.5 min)
 #     STEPS=reproduce OUT=/path bash benchmarks/gpu_session.sh  # ProtoNet (2 min) then MAML (6 min or the
 #                                                               #   recipe's 60,000 steps) + evals (<= 10 min)
 #     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (calibration, 4 min, eval), then
@@ -91,6 +92,12 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
     --impl loop,batched-captured,$CAPTURED
   bench bench-protonet-omniglot-5w1s 80 --recipe protonet-omniglot-5w1s --with-sampler \
     --impl loop,batched-captured,$CAPTURED
+  # ProtoNet's step is fp32 convolution time (2.9 ms of it on the H200): cuDNN autotuning over NHWC
+  # tensors is its likeliest saving, measured here (~25 s) so that `reproduce` can pick it
+  if [ "$STEPS" = essential ]; then
+    bench bench-protonet-omniglot-5w1s-cudnn-benchmark-channels-last 60 --recipe protonet-omniglot-5w1s \
+      --with-sampler --impl $CAPTURED --cudnn-benchmark --conv-impl channels-last
+  fi
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   bench bench-maml-omniglot-5w1s-cudnn-benchmark 90 --recipe maml-omniglot-5w1s --with-sampler \
