@@ -471,7 +471,8 @@ class Trainer:
                 if near is not None:
                     bar.note(f"note: at this pace the time budget ends the run near step {near} of "
                              f"{c.optim.iterations}, before {c.algo}'s schedule ({c.spec.optimizer.description}) "
-                             f"is through; to complete it within the budget, train with --iterations {near}")
+                             f"is through; to complete it within the budget: Ctrl-C, then `l2l-app train --resume "
+                             f"{self.run_dir} --iterations {near}`")
                 # read once, after the metrics and any validation: a signal that arrived during them
                 # stops the run now, with this step saved (a later one: after the next step)
                 stop = self._stop_signal

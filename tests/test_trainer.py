@@ -135,7 +135,7 @@ def test_a_time_budget_that_cuts_an_annealing_schedule_is_foreseen_and_reported(
         return
     # a constant pace: the forecast made two steps in is the step the budget ended the run at
     assert f"the time budget ends the run near step {summary.steps} of 1000" in err
-    assert f"train with --iterations {summary.steps}" in err
+    assert f"then `l2l-app train --resume {tmp_path / algo} --iterations {summary.steps}`" in err
     assert f"at step {summary.steps} of 1000" in text and f"train with --iterations {summary.steps}" in text
     assert err.count("note: at this pace") == 1
 
