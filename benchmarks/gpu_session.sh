@@ -28,7 +28,8 @@
 #
 # Everything lands in $OUT/gpu_results.tar.gz (re-packed after every step, so a timeout loses
 # nothing measured); unpack it into benchmarks/results/gpu-<gpu>/.  Run directories are packed
-# without their checkpoints.
+# without their checkpoints.  `python benchmarks/reproduce.py --table benchmarks/results/gpu-<gpu>/reproduction.json`
+# then prints the README table's rows (tests/test_gpu_options.py holds the README to them).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}

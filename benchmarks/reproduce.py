@@ -96,6 +96,43 @@ def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gp
     return records
 
 
+#: how the README's reproduction table names an algorithm and a dataset
+DISPLAY_NAMES = {"protonet": "ProtoNet", "maml": "MAML", "fomaml": "FOMAML", "metasgd": "Meta-SGD",
+                 "reptile": "Reptile", "anil": "ANIL", "omniglot": "Omniglot", "miniimagenet": "mini-ImageNet"}
+#: the picked speed flags a record's command may carry, shown next to the recipe's name
+SPEED_FLAGS = ("--compile", "--cudnn-benchmark", "--conv-impl")
+
+
+def table_rows(records: Sequence[dict]) -> List[str]:
+    """The README's reproduction-table rows (recipe, minutes, steps, ms/step, test accuracy,
+    published, short by) of reproduction.json's records, one per record, in their order; a
+    recipe's second shape is marked "(same run)", a run trained beside others "(\\*)"."""
+    from l2l_app.recipes import load_recipe
+    rows, seen = [], set()
+    for r in records:
+        recipe = load_recipe(r["recipe"])
+        algo, dataset = recipe.settings["algo"], recipe.settings["dataset"]
+        train = r["command"].split(" && ")[0].split()
+        flags = [f for f in train if f.split("=")[0] in SPEED_FLAGS]
+        name = f"{DISPLAY_NAMES[algo]} {DISPLAY_NAMES[dataset]} {r['shape']}"
+        name += "".join([f" (`{' '.join(flags)}`)" if flags else "", " (\\*)" if r["trained_together_with"] else ""])
+        published = str(r["paper"])
+        if r["shape"] == f"{recipe.settings['ways']}w{recipe.settings['shots']}s" and recipe.reported_ci95:
+            published += f" ± {recipe.reported_ci95:g}"
+        short = f"{r['shortfall']:.2f}" if r["shortfall"] > 0 else "none"
+        measured = f"{r['accuracy']:.2f} ± {r['ci95']:.2f}"
+        if r["recipe"] in seen:
+            rows.append(f"| {name} (same run) | | | | {measured} | {published} | {short} |")
+            continue
+        seen.add(r["recipe"])
+        fitted = r.get("iterations_fitted_to_budget")
+        of = (f"{fitted['iterations']:,} fitted to the budget" if fitted
+              else f"{recipe.settings['iterations']:,}")
+        rows.append(f"| {name} | {r['minutes']:.1f} | {r['steps']:,} (of {of}) | {r['ms_per_step']:.1f} | "
+                    f"{measured} | {published} | {short} |")
+    return rows
+
+
 #: a calibration run's steps: one validation (every 500, COMMON's) and the steps after it
 CALIBRATION_STEPS = 600
 #: ... or this long, if sooner (a step slower than 50 ms is timed without a validation)
@@ -193,11 +230,16 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=EPISODES, help="test episodes per evaluation")
     parser.add_argument("--train-arg", action="append", default=[], help="one more `l2l-app train` argument")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--table", type=Path, metavar="REPRODUCTION_JSON",
+                        help="print the README table's rows of a reproduction.json")
     parser.add_argument("--eval-only", action="store_true", help="evaluate the runs already in OUT/runs")
     parser.add_argument("--pick", type=Path, nargs="+", metavar="BENCH_JSON",
                         help="print the --train-arg flags of the fastest end-to-end captured configuration these "
                              "benches measured (compile only when 25%% faster; cuDNN autotuning when its bench won)")
     args = parser.parse_args()
+    if args.table:
+        print("\n".join(table_rows(json.loads(args.table.read_text()))))
+        return
     if args.pick:
         benches = [json.loads(p.read_text()) for p in args.pick if p.is_file()]
         print(" ".join(f"--train-arg={flag}" for flag in pick_train_args(benches)))  # e.g. --train-arg=--compile

@@ -18,7 +18,7 @@ from l2l_app.backbones import bn_invariant_biases
 from test_trainer import config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from reproduce import BUDGET_SHARE, fit_iterations, pick_train_args  # noqa: E402
+from reproduce import BUDGET_SHARE, fit_iterations, pick_train_args, table_rows  # noqa: E402
 
 
 @pytest.fixture
@@ -146,3 +146,27 @@ def test_fit_iterations_caps_at_the_recipes_iterations_and_times_without_a_valid
     assert slow["iterations"] == int((BUDGET_SHARE * 60.0 - 2.0) // 1.2) + 1
     with pytest.raises(SystemExit, match="2 steps"):
         fit_iterations(_calibration_rows(2, 2.0, 1.2, 10.0), 60.0, 500, most=100_000)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_reproduction_table_holds_the_committed_records():
+    """Every record of a committed gpu-*/reproduction.json is a row of the README's table as
+    `reproduce.py --table` writes it: the README's figures are the committed results'."""
+    paths = sorted((ROOT / "benchmarks" / "results").glob("gpu-*/reproduction.json"))
+    assert paths
+    readme = set((ROOT / "README.md").read_text().splitlines())
+    for path in paths:
+        for row in table_rows(json.loads(path.read_text())):
+            assert row in readme, f"{path.relative_to(ROOT)}: README lacks {row}"
+
+
+def test_a_fitted_run_beating_its_paper_is_tabled_as_such():
+    record = {"recipe": "reptile-omniglot-5w1s", "shape": "5w1s", "accuracy": 97.9, "ci95": 0.2, "paper": 97.68,
+              "shortfall": 0.0, "minutes": 4.0, "steps": 31000, "ms_per_step": 7.01, "trained_together_with": [],
+              "iterations_fitted_to_budget": {"iterations": 31000},
+              "command": "l2l-app train --recipe reptile-omniglot-5w1s --cudnn-benchmark --iterations 31000 "
+                         "--time-budget 4 --out runs/r && l2l-app eval runs/r --ways 5 --shots 1"}
+    assert table_rows([record]) == ["| Reptile Omniglot 5w1s (`--cudnn-benchmark`) | 4.0 | 31,000 (of 31,000 fitted "
+                                    "to the budget) | 7.0 | 97.90 ± 0.20 | 97.68 ± 0.04 | none |"]
