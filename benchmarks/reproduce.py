@@ -66,12 +66,12 @@ def train_args(recipe: str, minutes: float, run_dir: Path, more: Sequence[str] =
 
 def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gpu: str,
              episodes: int = EPISODES, more: Sequence[str] = (), calibration: Optional[dict] = None) -> List[dict]:
-    from l2l_app.rundir import eval_file_name
+    from l2l_app.rundir import eval_file_name, load_config
+    from l2l_app.run_records import read_metrics
     shapes = REPRODUCTIONS[recipe].shapes
-    config = json.loads((run_dir / "config.json").read_text())
-    seed = config["eval"]["eval_seed"]
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [m for m in metrics if m["kind"] == "train"]
+    config = load_config(run_dir)
+    seed = config.eval.eval_seed
+    train_rows, _ = read_metrics(run_dir / "metrics.jsonl", accuracy_scale=1.0)
     steps, seconds = train_rows[-1]["step"], train_rows[-1]["time"]
     info = json.loads((run_dir / "run.json").read_text())
     records = []
@@ -89,7 +89,7 @@ def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gp
             "train_seconds": seconds, "ms_per_step": round(1000 * seconds / steps, 3),
             "eval_seconds": round(eval_seconds, 1), "gpu": gpu, "execution": info.get("execution"),
             "trained_together_with": [r for r in together if r != recipe],
-            "iterations": config["optim"]["iterations"], "iterations_fitted_to_budget": calibration,
+            "iterations": config.optim.iterations, "iterations_fitted_to_budget": calibration,
             "command": " && ".join(["l2l-app " + " ".join(train_args(recipe, minutes, Path(f"runs/{recipe}"), more)),
                                     "l2l-app " + " ".join(args[:1] + [f"runs/{recipe}"] + args[2:])]),
         })
@@ -177,9 +177,11 @@ def calibrate(recipe: str, minutes: float, runs: Path, more: Sequence[str]) -> d
     print("+", " ".join(cmd), flush=True)
     with open(runs / f"{recipe}-calibration.train.log", "w") as log:
         subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     from l2l_app.recipes import load_recipe
-    fit = fit_iterations(rows, 60 * minutes, int(COMMON[COMMON.index("--val-every") + 1]),
+    from l2l_app.rundir import load_config
+    from l2l_app.run_records import read_metrics
+    train_rows, val_rows = read_metrics(run_dir / "metrics.jsonl", accuracy_scale=1.0)
+    fit = fit_iterations(train_rows + val_rows, 60 * minutes, load_config(run_dir).run.val_every,
                          load_recipe(recipe).settings["iterations"])
     print(f"{recipe}: {fit['step_seconds'] * 1000:.2f} ms/step, validation {fit['validation_seconds']} s: "
           f"{fit['iterations']} iterations fit {minutes:g} min", flush=True)
