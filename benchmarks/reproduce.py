@@ -240,6 +240,8 @@ def main() -> None:
                              "benches measured (compile only when 25%% faster; cuDNN autotuning when its bench won)")
     args = parser.parse_args()
     if args.table:
+        if not args.table.is_file():
+            parser.error(f"--table {args.table}: no such file; pass a reproduction.json (benchmarks/results/gpu-*/)")
         print("\n".join(table_rows(json.loads(args.table.read_text()))))
         return
     if args.pick:

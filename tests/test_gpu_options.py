@@ -170,3 +170,12 @@ def test_a_fitted_run_beating_its_paper_is_tabled_as_such():
                          "--time-budget 4 --out runs/r && l2l-app eval runs/r --ways 5 --shots 1"}
     assert table_rows([record]) == ["| Reptile Omniglot 5w1s (`--cudnn-benchmark`) | 4.0 | 31,000 (of 31,000 fitted "
                                     "to the budget) | 7.0 | 97.90 ± 0.20 | 97.68 ± 0.04 | none |"]
+
+
+def test_table_of_a_missing_file_is_refused_in_one_line(tmp_path):
+    import subprocess
+    missing = tmp_path / "reproduction.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--table", str(missing)],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and not missing.exists()
+    assert f"--table {missing}: no such file; pass a reproduction.json" in done.stderr.splitlines()[-1]
