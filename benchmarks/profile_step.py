@@ -101,9 +101,10 @@ def profile_steps(step: Callable[[], Any], steps: int, device: torch.device) -> 
 
 
 def profile_recipe(recipe: str, device: str, steps: int, warmup: int) -> Dict[str, Any]:
-    bench = Bench(BenchSettings(**recipe_workload(recipe), device=device, synthetic=True), progress=lambda _: None)
+    workload = recipe_workload(recipe)
+    bench = Bench(BenchSettings(**workload, device=device, synthetic=True), progress=lambda _: None)
     config, dev = bench.config, bench.device
-    out: Dict[str, Any] = {"recipe": recipe, "workload": {k: v for k, v in recipe_workload(recipe).items()}}
+    out: Dict[str, Any] = {"recipe": recipe, "workload": dict(workload)}
     forms: Dict[str, Callable[[], Callable[[], Any]]] = {}
 
     def eager() -> Callable[[], Any]:
