@@ -277,9 +277,9 @@ class OneLineErrors(click.Group):
             return super().main(*args, **kwargs)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            _error("aborted")
-            sys.exit(1)
+        except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C outside training, which handles its own
+            _error("interrupted")
+            sys.exit(130)
         except click.UsageError as exc:
             _error(exc.format_message())
             sys.exit(2)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Iterator, List, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 
 from .progress import Progress
 from .data.types import EpisodeBatch, TaskSource
 from .learner import MetaLearner
+
+
+class EvaluationStopped(Exception):
+    """`evaluate`'s `should_stop` said stop (a signal, in training's validation): no result."""
 
 
 @dataclass
@@ -70,24 +74,30 @@ class EpisodeSet:
 
 def evaluate(learner: MetaLearner, episodes_from: Union[TaskSource, EpisodeSet], episodes: int,
              batch_size: int = 50, protocol: Dict[str, Any] | None = None, progress: bool = True,
-             desc: str = "eval") -> EvalResult:
+             desc: str = "eval", quiet_seconds: float = 0.0,
+             should_stop: Optional[Callable[[], bool]] = None) -> EvalResult:
     """Adapt on each episode's support set and score its queries; accuracies in %.
 
     `episodes_from`: a freshly seeded source (its first `episodes` episodes are drawn now) or an
-    `EpisodeSet` drawn earlier (its first `episodes`).
+    `EpisodeSet` drawn earlier (its first `episodes`).  `quiet_seconds`: show progress only once
+    the evaluation has run this long.  `should_stop`: asked after each batch; True raises
+    `EvaluationStopped`.
     """
     fixed = episodes_from if isinstance(episodes_from, EpisodeSet) else EpisodeSet(episodes_from, episodes)
     if len(fixed) < episodes:
         raise ValueError(f"the episode set holds {len(fixed)} episodes, fewer than the {episodes} asked for")
     accs: list[torch.Tensor] = []
-    bar = Progress(desc, episodes, enabled=progress, log_every=max(batch_size, episodes // 10), unit="episode")
+    bar = Progress(desc, episodes, enabled=progress, log_every=max(batch_size, episodes // 10), unit="episode",
+                   quiet_seconds=quiet_seconds)
     start = time.perf_counter()
     done = 0
-    for batch in fixed.batches(batch_size, episodes):
-        accs.append(learner.query_accuracy(batch).detach().double().cpu() * 100.0)
-        done += batch.num_tasks
-        bar.update(done, time.perf_counter() - start)
-    bar.close()
+    with bar:
+        for batch in fixed.batches(batch_size, episodes):
+            accs.append(learner.query_accuracy(batch).detach().double().cpu() * 100.0)
+            done += batch.num_tasks
+            bar.update(done, time.perf_counter() - start)
+            if should_stop is not None and should_stop() and done < episodes:
+                raise EvaluationStopped(f"stopped after {done} of {episodes} episodes")
     all_accs = torch.cat(accs)
     mean, ci, std = mean_ci95(all_accs)
     return EvalResult(mean, ci, std, episodes, dict(protocol or {}), all_accs.tolist())

@@ -1,6 +1,7 @@
 """Progress that tells the truth: the fraction done and the ETA follow whichever limit ends the
 work (the step count or a wall-clock budget); one redrawn line on a terminal, plain lines
-every `log_every` units elsewhere (cluster logs, `| tee`)."""
+elsewhere (cluster logs, `| tee`): after the first unit (its pace gives the ETA), then every
+`log_every` units."""
 from __future__ import annotations
 
 import sys
@@ -20,14 +21,16 @@ class Progress:
     """Progress of `total` units (steps, episodes), optionally also limited by `budget_seconds`.
 
     `update(done, elapsed, fields)` is called once per unit; `elapsed` is the work's own clock
-    (seconds, including time before a resume).  Nothing is printed when `enabled` is False.
+    (seconds, including time before a resume).  Nothing is printed when `enabled` is False, nor
+    before the work has run `quiet_seconds` (work that ends sooner shows nothing at all).
     """
 
     def __init__(self, desc: str, total: int, done: int = 0, elapsed: float = 0.0,
                  budget_seconds: Optional[float] = None, enabled: bool = True, log_every: int = 100,
                  stream: Optional[IO[str]] = None, unit: str = "step",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, quiet_seconds: float = 0.0) -> None:
         self.desc, self.total, self.unit = desc, total, unit
+        self.quiet_seconds = quiet_seconds
         self.budget = budget_seconds
         self.enabled = enabled
         self.log_every = max(1, log_every)
@@ -38,9 +41,10 @@ class Progress:
         self._done, self._elapsed, self._fields = done, elapsed, {}
         self._start = clock() - elapsed  # for `advance`, which times the work itself
         self._last_draw = -1.0
-        self._next_line = (done // self.log_every + 1) * self.log_every  # plain-line mode
+        self._next_line = done + 1  # plain-line mode: the first unit (the pace, an ETA), then every log_every
         self._printed = done
         self._width = 0
+        self._shown = quiet_seconds <= 0  # anything drawn yet (quiet work shows nothing until then)
 
     # -- what is shown ---------------------------------------------------------------------
     def fraction(self) -> float:
@@ -75,6 +79,14 @@ class Progress:
             self._fields = fields
         if not self.enabled:
             return
+        if not self._shown:
+            if elapsed - self._first[1] < self.quiet_seconds:
+                return
+            self._shown = True
+            if not self.tty:  # say at once what is taking this long
+                self._print_line()
+                self._next_line = (done // self.log_every + 1) * self.log_every
+                return
         if self.tty:
             now = self.clock()
             if now - self._last_draw >= 0.1 or done >= self.total:
@@ -90,7 +102,7 @@ class Progress:
 
     def close(self) -> None:
         """Finish the display: end the redrawn line, or print the final plain line."""
-        if not self.enabled:
+        if not self.enabled or not self._shown:
             return
         if self.tty:
             self._redraw()

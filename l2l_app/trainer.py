@@ -5,13 +5,20 @@ sample -> meta_step -> (finite check) -> clip -> optimiser step -> log -> valida
 The run directory's layout, locking and safe replacement live in `rundir.py`.  A `Trainer`
 builds and checks everything (settings, data, episode shapes, device, model, checkpoint to
 resume) before it touches the disk; only then does it take the run directory.
+
+SIGINT/SIGTERM: the current step finishes (a validation under way stops after its current batch
+of episodes, and a resume runs it first), a checkpoint is written, and the run stops; a second
+signal stops the process at once, like a kill (the last checkpoint written is what a resume
+continues from).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +33,7 @@ from .config import SPLITS, ExperimentConfig, resolve, train_shape_flags, valida
 from .data.types import DATA_OPTIONS, VECTORS, EpisodeBatch
 from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
-from .evaluation import EpisodeSet, EvalResult, evaluate
+from .evaluation import EpisodeSet, EvalResult, EvaluationStopped, evaluate
 from .backbones import has_batch_norm
 from .data import Preprocessing, list_classes
 from .engine.graphs import CapturedMetaGradient, CapturedTrainingStep
@@ -41,6 +48,8 @@ from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, PREPROCESSING_FI
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
 ACCURACY_UNIT = "%"
+#: a validation shows progress once it has run this long (most take a second or two)
+VALIDATION_QUIET_SECONDS = 10.0
 
 
 class NonFiniteLossError(L2LAppError):
@@ -219,6 +228,10 @@ class Trainer:
         self.best_val: Optional[float] = None
         self.best_step: Optional[int] = None
         self.skipped = 0
+        #: a signal stopped the validation of this step: the checkpoint says so, and a resume runs it first
+        self.validation_pending = False
+        #: the step checkpoints/last.pt holds (None: none written yet)
+        self.saved_step: Optional[int] = None
         self.status = "trained"
         state = self._load_resume_state() if resume else None
         if state is not None:
@@ -274,6 +287,7 @@ class Trainer:
             "best_val": self.best_val,
             "best_step": self.best_step,
             "skipped": self.skipped,
+            "validation_pending": self.validation_pending,
         }
 
     def save(self, name: str) -> None:
@@ -283,6 +297,8 @@ class Trainer:
         self.checkpoint_dir.mkdir(exist_ok=True)
         save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pt")
         self.files.commit()
+        if name == "last":
+            self.saved_step = self.step
 
     def _load_resume_state(self) -> Dict[str, Any]:
         """The last checkpoint, checked against the settings before anything is written."""
@@ -302,10 +318,15 @@ class Trainer:
         self.train_source.load_state_dict(state["sampler"])
         self.best_val, self.best_step = state["best_val"], state["best_step"]
         self.skipped = int(state.get("skipped", 0))
+        self.validation_pending = bool(state.get("validation_pending", False))
+        self.saved_step = self.step
 
     def _nothing_to_do(self) -> str:
-        """'complete' or 'budget spent' for a resumed run that would train no step; else 'trained'."""
+        """'complete' or 'budget spent' for a resumed run that would train no step nor finish a
+        validation a signal stopped; else 'trained'."""
         c = self.config
+        if self.validation_pending:
+            return "trained"
         if self.step >= c.optim.iterations:
             return "complete"
         if c.run.time_budget is not None and self.elapsed >= 60 * c.run.time_budget:
@@ -357,15 +378,33 @@ class Trainer:
                     self._tensorboard.add_scalar(tag, record[key], record["step"])
 
     def validate_now(self) -> EvalResult:
+        """The validation episodes scored now (progress shown once it takes a while).  One process
+        stops it at a signal (`EvaluationStopped`); under torchrun the ranks score their shards in
+        lockstep, so each finishes its shard and the run stops after it."""
         c = self.config
+        stop = None if self.world.distributed else (lambda: self._stop_signal is not None)
         return evaluate(self.world.sharded(self.experiment.evaluation_learner()), self._val_set, c.run.val_episodes,
-                        protocol={"split": "val"}, progress=False)
+                        protocol={"split": "val"}, progress=self.progress, desc=f"validation at step {self.step}",
+                        quiet_seconds=VALIDATION_QUIET_SECONDS, should_stop=stop)
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal API
+        if self._stop_signal is not None or self._signal_seen is not None:
+            self._stop_at_once(signum)
         if self.world.distributed:
             self._signal_seen = signum  # every rank stops after the same step: see _meta_step
         else:
             self._stop_signal = signum
+
+    def _stop_at_once(self, signum: int) -> None:
+        """A second signal: exit now, as a kill would (every file the run writes survives one: atomic
+        checkpoints, a staged --overwrite, a lock the OS releases), after one line saying what is kept."""
+        if self.world.is_main:
+            kept = ("no checkpoint had been written" if self.saved_step is None else
+                    f"continue from its last checkpoint (step {self.saved_step}) with "
+                    f"`l2l-app train --resume {self.run_dir}`")
+            sys.stderr.write(f"\nerror: a second signal ({signum}) stopped the run at once; {kept}\n")
+            sys.stderr.flush()
+        os._exit(128 + signum)
 
     def _meta_step(self, batch: EpisodeBatch) -> Dict[str, Any]:
         """The meta-gradient of the global meta-batch in `.grad` and its metrics: under torchrun this
@@ -437,7 +476,12 @@ class Trainer:
         forecast = None if budget is None or not c.spec.optimizer.spans_iterations else \
             ScheduleCutForecast(c.optim.iterations, budget, after_seconds=min(60.0, 0.1 * budget))
         try:
-            while self.step < c.optim.iterations:
+            if self.validation_pending:  # a signal stopped this step's validation: it runs first
+                self._validate_and_keep_best()
+                self._save_or_stop(due=True)
+                last_save = time.perf_counter()
+                stopped_by_budget = budget is not None and self.elapsed >= budget
+            while self.step < c.optim.iterations and not stopped_by_budget:
                 metrics = self._train_step()  # device scalars: read in _read_metrics, every few steps
                 lr = self.optimizer.param_groups[0]["lr"]
                 lr = lr.clone() if isinstance(lr, torch.Tensor) else lr  # a device tensor: read with the metrics
@@ -473,17 +517,8 @@ class Trainer:
                              f"{c.optim.iterations}, before {c.algo}'s schedule ({c.spec.optimizer.description}) "
                              f"is through; to complete it within the budget: Ctrl-C, then `l2l-app train --resume "
                              f"{self.run_dir} --iterations {near}`")
-                # read once, after the metrics and any validation: a signal that arrived during them
-                # stops the run now, with this step saved (a later one: after the next step)
-                stop = self._stop_signal
-                if due or stop is not None:
-                    self._read_metrics()  # already read, unless only the signal asks for this checkpoint
-                    self.save("last")
+                if self._save_or_stop(due):
                     last_save = time.perf_counter()
-                if stop is not None:
-                    raise Interrupted(f"stopped by signal {stop} after step {self.step}; "
-                                      f"checkpoint saved; continue with `l2l-app train --resume {self.run_dir}`",
-                                      stop)
                 if out_of_time:
                     stopped_by_budget = True
                     break
@@ -493,6 +528,21 @@ class Trainer:
                 signal.signal(s, h)
             self._close(committed=not self.files.staged)
         return self._summary(stopped_by_budget)
+
+    def _save_or_stop(self, due: bool) -> bool:
+        """Write checkpoints/last.pt if `due` or a signal arrived, then stop (`Interrupted`) if one did.
+        The signal is read once, after the step's metrics and any validation: one that arrived during
+        them stops the run now, with this step saved (a later one: after the next step).  True: saved."""
+        stop = self._stop_signal
+        if due or stop is not None:
+            self._read_metrics()  # already read, unless only the signal asks for this checkpoint
+            self.save("last")
+        if stop is not None:
+            when = (f"during the validation at step {self.step} (a resume runs it first)" if self.validation_pending
+                    else f"after step {self.step}")
+            raise Interrupted(f"stopped by signal {stop} {when}; checkpoint saved; continue with "
+                              f"`l2l-app train --resume {self.run_dir}`", stop)
+        return due
 
     @staticmethod
     def _finite(metrics: Dict[str, Any]) -> bool:
@@ -529,7 +579,12 @@ class Trainer:
 
     def _validate_and_keep_best(self) -> None:
         self.world.check_parameters(self.learner.meta_parameters(), self.step)  # torchrun: ranks still agree
-        result = self.validate_now()
+        try:
+            result = self.validate_now()
+        except EvaluationStopped:
+            self.validation_pending = True  # saved with the checkpoint the signal asks for
+            return
+        self.validation_pending = False
         self._log({"kind": "val", "step": self.step, "val_accuracy": result.mean,
                    "val_ci95": result.ci95, "time": round(self.elapsed, 3)})
         if self.best_val is None or result.mean > self.best_val:

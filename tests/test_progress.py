@@ -40,7 +40,7 @@ def test_a_resumed_run_measures_its_rate_from_its_own_steps():
     assert p.eta() == (40.0, "steps")
 
 
-def test_plain_lines_every_log_every_steps_when_not_a_terminal():
+def test_plain_lines_after_the_first_step_then_every_log_every_steps_when_not_a_terminal():
     out = io.StringIO()
     p = Progress("reptile", total=10, stream=out, log_every=4)
     for step in range(1, 11):
@@ -48,7 +48,8 @@ def test_plain_lines_every_log_every_steps_when_not_a_terminal():
     p.close()
     lines = out.getvalue().splitlines()
     assert "\r" not in out.getvalue()
-    assert [line.split("step ")[1].split()[0] for line in lines] == ["4/10", "8/10", "10/10"]
+    assert [line.split("step ")[1].split()[0] for line in lines] == ["1/10", "4/10", "8/10", "10/10"]
+    assert "ETA 00:09 (steps)" in lines[0]  # the first step's pace already gives the ETA
     assert all("loss 1.000" in line for line in lines)
 
 
@@ -81,7 +82,7 @@ def test_advance_counts_uneven_chunks_and_prints_each_tenth_once():
             p.advance(7)  # 98 images
         p.advance(2)
     done = [line.split("image ")[1].split()[0] for line in out.getvalue().splitlines()]
-    assert done == ["14/100", "21/100", "35/100", "42/100", "56/100", "63/100", "70/100", "84/100",
+    assert done == ["7/100", "14/100", "21/100", "35/100", "42/100", "56/100", "63/100", "70/100", "84/100",
                     "91/100", "100/100"]
 
 
@@ -94,8 +95,30 @@ def test_a_note_gets_a_line_of_its_own_and_the_progress_line_is_drawn_again():
     plain = io.StringIO()
     q = Progress("reptile", total=10, stream=plain, log_every=100)
     q.update(1, 1.0)
+    q.update(2, 2.0)
     q.note("note: something to know")
-    assert plain.getvalue() == "note: something to know\n"  # no progress line is due yet in plain mode
+    assert plain.getvalue().splitlines()[1:] == ["note: something to know"]  # no progress line is due at step 2
     quiet = io.StringIO()
     Progress("r", total=10, stream=quiet, enabled=False).note("note")
     assert quiet.getvalue() == ""
+
+
+def test_quiet_work_shows_nothing_until_it_has_run_quiet_seconds():
+    """A validation that ends within `quiet_seconds` prints nothing; a slow one says at once (plain
+    mode) what is taking so long, then goes on as usual."""
+    fast = io.StringIO()
+    with Progress("validation", total=200, stream=fast, log_every=20, unit="episode", quiet_seconds=5.0) as p:
+        for done in range(50, 201, 50):
+            p.update(done, done / 50)  # 4 s in all
+    assert fast.getvalue() == ""
+    slow = io.StringIO()
+    with Progress("validation", total=200, stream=slow, log_every=100, unit="episode", quiet_seconds=5.0) as p:
+        for done in range(50, 201, 50):
+            p.update(done, 3.0 * done / 50)  # 3 s per 50 episodes: past 5 s at 100 episodes
+    assert [line.split("episode ")[1].split()[0] for line in slow.getvalue().splitlines()] == ["100/200", "200/200"]
+    term = Terminal()
+    with Progress("validation", total=200, stream=term, unit="episode", quiet_seconds=5.0, clock=lambda: 0.0) as p:
+        p.update(50, 3.0)
+        assert term.getvalue() == ""
+        p.update(100, 6.0)
+    assert "episode 100/200" in term.getvalue() and term.getvalue().endswith("\n")

@@ -52,6 +52,71 @@ def test_a_signal_during_a_step_saves_the_step_it_stops_after_and_resumes_to_the
         assert torch.equal(v, straight[k]), k
 
 
+def test_a_signal_during_a_validation_stops_it_and_the_resume_runs_it_first(tmp_path, monkeypatch):
+    """A Ctrl-C while the validation of step 5 scores its episodes stops it after the current batch
+    (not after all 150 episodes); the checkpoint of step 5 says its validation is pending, so the
+    resume validates step 5 before step 6: the log, the best checkpoint and the weights end as an
+    uninterrupted run's do."""
+    import os
+    import signal
+    from l2l_app import evaluation
+    from l2l_app.trainer import Interrupted, resume_config
+    common = dict(iterations=8, checkpoint_every=100, val_every=5, val_episodes=150)
+    Trainer(config(**common), tmp_path / "straight", progress=False).fit()
+
+    scored = []
+    batches = evaluation.EpisodeSet.batches
+
+    def ctrl_c_in_the_first_batch(self, batch_size, limit=None):
+        for batch in batches(self, batch_size, limit):
+            if not scored:
+                os.kill(os.getpid(), signal.SIGINT)
+            scored.append(batch.num_tasks)
+            yield batch
+    monkeypatch.setattr(evaluation.EpisodeSet, "batches", ctrl_c_in_the_first_batch)
+    run_dir = tmp_path / "run"
+    with pytest.raises(Interrupted, match="stopped by signal 2 during the validation at step 5 .a resume runs it "
+                                          "first.; checkpoint saved"):
+        Trainer(config(**common), run_dir, progress=False).fit()
+    assert scored == [50]  # one batch of 50 episodes, not three
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["step"], state["validation_pending"]) == (5, True)
+    assert [row["step"] for row in train_log(run_dir) if row["kind"] == "val"] == []
+    monkeypatch.undo()
+    Trainer(resume_config(run_dir, {}), run_dir, resume=True, progress=False).fit()
+    assert train_log(run_dir) == train_log(tmp_path / "straight")  # val rows at 5 and 8, in their places
+    for name in ("last", "best"):
+        straight = weights(tmp_path / "straight", name)
+        assert all(torch.equal(v, straight[k]) for k, v in weights(run_dir, name).items()), name
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["validation_pending"] is False
+
+
+def test_a_second_signal_exits_at_once_saying_what_a_resume_continues_from(tmp_path, monkeypatch, capsys):
+    """The first signal asks the run to stop after its step; a second one exits the process now
+    (os._exit, as a kill would: nothing half-written survives one), with one line on stderr."""
+    import os
+    import signal
+    exits = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        exits.append(code)
+        raise Exited
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    trainer = Trainer(config(iterations=3), tmp_path / "run", progress=False)
+    trainer.fit()  # writes checkpoints/last.pt
+    trainer._handle_signal(signal.SIGINT, None)  # the first: noted, nothing else
+    assert exits == [] and trainer._stop_signal == signal.SIGINT
+    with pytest.raises(Exited):
+        trainer._handle_signal(signal.SIGTERM, None)
+    assert exits == [128 + signal.SIGTERM]
+    line = capsys.readouterr().err.strip()
+    assert line == (f"error: a second signal ({int(signal.SIGTERM)}) stopped the run at once; continue from its "
+                    f"last checkpoint (step 3) with `l2l-app train --resume {tmp_path / 'run'}`")
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     real = experiment.build_learner
 
