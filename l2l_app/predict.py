@@ -268,7 +268,9 @@ def support_classes(support_dir: PathLike) -> List[Tuple[str, List[Path]]]:
 
 
 def query_files(queries: Sequence[PathLike]) -> List[Path]:
-    """The query images: each path an image file, or a folder whose images (recursively, sorted) are taken."""
+    """The query images: each path an image file, or a folder whose images (recursively, sorted) are taken.
+    An image named twice (a file inside a folder also given, a path repeated) is classified once, at its
+    first place: a repeat would add a row and, with batch statistics, weigh on the other queries."""
     if isinstance(queries, (str, os.PathLike)):
         queries = [queries]
     if not queries:
@@ -285,7 +287,8 @@ def query_files(queries: Sequence[PathLike]) -> List[Path]:
             out.append(q)
         else:
             raise DataError(f"--query {q} does not exist; pass an image file or a folder of images")
-    return out
+    seen: set = set()
+    return [p for p in out if not (p.resolve() in seen or seen.add(p.resolve()))]
 
 
 def _check_folder(path: Path, option: str, what: str) -> None:

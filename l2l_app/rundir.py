@@ -62,6 +62,8 @@ def is_run_dir(path: Path) -> bool:
 
 def load_config(run_dir: Path) -> ExperimentConfig:
     """The resolved config of an existing run directory (one-line ConfigError if it is not one)."""
+    if not Path(run_dir).exists():
+        raise ConfigError(f"{run_dir} does not exist; pass the --out directory of `l2l-app train`")
     if not is_run_dir(run_dir):
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                           f"pass the --out directory of `l2l-app train`")
@@ -169,6 +171,8 @@ def check_run_target(path: Path, mode: str) -> None:
         if holder is not None:
             raise _busy_error(path, holder)
     if mode == "resume":
+        if not path.exists():
+            raise ConfigError(f"--resume {path}: it does not exist; start a new run with --out {path}")
         if not is_run_dir(path):
             raise ConfigError(f"--resume {path}: no {CONFIG_FILE} there, so it is not a run directory; "
                               f"start a new run with --out")

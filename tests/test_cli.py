@@ -80,10 +80,14 @@ def test_existing_run_dir_is_kept(tmp_path):
 
 def test_resume_needs_a_run_dir(tmp_path):
     assert_one_line_error(run("train", "--resume", tmp_path), "not a run directory")
+    assert_one_line_error(run("train", "--resume", tmp_path / "nowhere"), "nowhere: it does not exist",
+                          f"--out {tmp_path / 'nowhere'}")
+    assert not (tmp_path / "nowhere").exists()
 
 
 def test_eval_needs_a_run_dir(tmp_path):
     assert_one_line_error(run("eval", "--run", tmp_path), "not a run directory")
+    assert_one_line_error(run("eval", tmp_path / "nowhere"), "nowhere does not exist", "--out directory")
 
 
 def test_unknown_recipe(tmp_path):

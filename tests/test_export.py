@@ -274,7 +274,7 @@ def test_onnx_without_its_package_writes_nothing(runs, tmp_path, monkeypatch, mi
 
 def test_missing_run_and_checkpoint(runs, tmp_path):
     out = tmp_path / "out" / "m.pt"
-    refused(export(tmp_path / "nowhere", out, "torchscript"), "not a run directory")
+    refused(export(tmp_path / "nowhere", out, "torchscript"), "nowhere does not exist")
     copy_dir = tmp_path / "run"
     shutil.copytree(runs["maml"], copy_dir)
     (copy_dir / "checkpoints" / "last.pt").unlink()

@@ -187,6 +187,9 @@ def test_query_folders_expand_recursively_skipping_hidden_and_non_images(tmp_pat
     (q / "a" / "thumbs.db").write_bytes(b"\0")
     single = random_png(tmp_path / "one.png", seed=1)
     assert query_files([q, single]) == [q / "a/c.PNG", q / "b.png", q / "z/deeper/e.jpg", single]
+    # an image named twice (inside a folder given too, a path repeated, another spelling) counts once
+    again = tmp_path / "queries" / ".." / "one.png"
+    assert query_files([single, q, q / "b.png", again]) == [single, q / "a/c.PNG", q / "b.png", q / "z/deeper/e.jpg"]
 
 
 def test_support_classes_are_sorted_folders_and_ignore_hidden_entries(tmp_path):

@@ -130,7 +130,7 @@ def test_invalid_episode_shapes(kind, tiny_split):
     tiny_split.dataset, tiny_split.split = "omniglot", "test"
     cases = [
         (dict(ways=1), r"--ways 1 is too small: a few-shot task needs at least 2 classes"),
-        (dict(ways=2000), r"--ways 2000 exceeds the 12 classes of the omniglot test split; use at most 12"),
+        (dict(ways=2000), r"--ways 2000 exceeds the 12 classes of the omniglot test split; use at most 12$"),
         (dict(shots=0), r"--shots 0 is too small"),
         (dict(queries=0), r"--queries 0 is too small"),
         (dict(shots=6, queries=5), r"class class000 of the omniglot test split has only 10 images \(as do 11 "
@@ -141,6 +141,12 @@ def test_invalid_episode_shapes(kind, tiny_split):
         with pytest.raises(ConfigError, match=message) as e:
             build_task_source(kind, tiny_split, seed=0, **args)
         assert "\n" not in str(e.value)
+    # a dataset whose classes --split-ratios may split says how to give the split more of them
+    tiny_split.dataset, tiny_split.split = "folder", "val"
+    with pytest.raises(ConfigError, match=r"--ways 13 exceeds the 12 classes of the folder val split; use at most "
+                                          r"12, or, where the classes are split by --split-ratios .* give the val "
+                                          r"split a larger share$"):
+        build_task_source(kind, tiny_split, 13, 1, 1, seed=0)
     cls = L2LTaskSource if kind == "l2l" else TensorTaskSource
     with pytest.raises(ConfigError, match=r"--train-ways 13 exceeds the 12 classes"):
         cls(tiny_split, 13, 1, 1, 0, flags=("--train-ways", "--shots", "--queries"))

@@ -48,7 +48,7 @@ def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int
         raise ConfigError(f"{w} {ways} is too small: a few-shot task needs at least 2 classes; use {w} 2 or more")
     if ways > split.num_classes:
         raise ConfigError(f"{w} {ways} exceeds the {split.num_classes} classes of {where}; "
-                          f"use at most {split.num_classes}")
+                          f"use at most {split.num_classes}{_more_classes_hint(split)}")
     if shots < 1:
         raise ConfigError(f"{s} {shots} is too small: each class needs at least 1 support image; use {s} 1 or more")
     if queries < 1:
@@ -63,6 +63,17 @@ def validate_episode_shape(split: SplitData, ways: int, shots: int, queries: int
         raise ConfigError(f"class {split.class_names[smallest]} of {where} has only {per_class} images{others} "
                           f"but {s} {shots} + {q} {queries} = {shots + queries} are needed; lower {s} or {q} "
                           f"so that they sum to at most {per_class}, or remove the class from the split")
+
+
+def _more_classes_hint(split: SplitData) -> str:
+    """For a dataset whose class split can be drawn by --split-ratios (a class-folders layout without
+    split folders, feature tables): how to give `split` more classes."""
+    from ..registry import DATASETS
+    dataset = DATASETS.get(split.dataset)
+    if dataset is None or "split_ratios" not in dataset.options or not split.split:
+        return ""
+    return (f", or, where the classes are split by --split-ratios (train,val,test shares; default 0.64,0.16,0.2), "
+            f"give the {split.split} split a larger share")
 
 
 def _episode_labels(ways: int, per_class: int, num_tasks: int, device) -> torch.Tensor:
