@@ -32,20 +32,36 @@ BATCHED_FROM_META_BATCH = 2
 
 def resolve_engine(config: ExperimentConfig, device: torch.device, engine: Optional[str] = None,
                    meta_batch: Optional[int] = None) -> str:
-    """--engine auto -> the engine measured faster for this algorithm, device and meta-batch
-    (the algorithm's `auto_engine`, from `l2l-app bench`; results in benchmarks/results/)."""
+    """--engine auto -> the engine measured faster for this algorithm, device, meta-batch and task
+    size (`auto_engine`); another engine is checked against the algorithm's."""
     engine = engine or config.run.engine
-    spec = config.spec
     if engine == "auto":
-        captured = spec.batched is not None and resolve_cuda_graph(config, device, "batched")
-        if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH and not captured:
-            return "loop"
-        engine = spec.auto_engine.get(device.type, "loop")
-        return engine if engine in spec.engines else "loop"
+        return auto_engine(config, device, meta_batch)[0]
     problem = missing_engine(config, engine)
     if problem:
         raise ConfigError(problem)
     return engine
+
+
+def auto_engine(config: ExperimentConfig, device: torch.device, meta_batch: Optional[int] = None) -> Tuple[str, str]:
+    """(engine, why) for --engine auto: what `l2l-app bench` measured faster (benchmarks/results/) for
+    the algorithm on this device (`AlgorithmSpec.auto_engine`), at this meta-batch (None: not
+    considered) and, on a CPU, for training tasks of this many images (`cpu_batched_up_to_images`)."""
+    spec, algo = config.spec, config.algo
+    if spec.batched is None:
+        return "loop", f"{algo} has only the loop engine"
+    captured = resolve_cuda_graph(config, device, "batched")
+    if meta_batch is not None and meta_batch < BATCHED_FROM_META_BATCH and not captured:
+        return "loop", f"measured faster for {algo} at a meta-batch of {meta_batch}: nothing to batch"
+    if device.type == "cpu":
+        images = config.train_ways * (config.train_shots + config.train_queries)
+        up_to = spec.cpu_batched_up_to_images
+        if images <= up_to:
+            return "batched", f"measured faster for {algo} on a CPU for tasks of up to {up_to} images; these have {images}"
+        if up_to:
+            return "loop", f"measured faster for {algo} on a CPU for tasks of more than {up_to} images; these have {images}"
+    engine = spec.auto_engine.get(device.type, "loop")
+    return engine, f"measured faster for {algo} on {device.type}" + (" at this meta-batch" if meta_batch else "")
 
 
 def resolve_cuda_graph(config: ExperimentConfig, device: torch.device, engine: str) -> bool:
@@ -233,8 +249,7 @@ class Experiment:
             how.append(f"{c.conv_impl} convolutions")
         why = []
         if c.engine == "auto":
-            why.append(f"--engine auto: {self.engine} (measured faster for {self.config.algo} on {self.device.type} "
-                       f"at this meta-batch)")
+            why.append(f"--engine auto: {self.engine} ({auto_engine(self.config, self.device, self.config.optim.meta_batch)[1]})")
         if c.cuda_graph is None and self.cuda_graph:
             why.append("--cuda-graph by default with the batched engine on a GPU")
         return ", ".join(how) + (f" [{'; '.join(why)}]" if why else "")

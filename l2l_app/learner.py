@@ -277,6 +277,13 @@ class Alias:
 
 #: device type -> the engine measured faster at a meta-batch of at least 2 tasks (`l2l-app bench`)
 LOOP_ON_CPU_BATCHED_ON_CUDA: Mapping[str, str] = {"cpu": "loop", "cuda": "batched"}
+#: MAML's family on a CPU: the batched engine for training tasks of at most this many images
+#: (ways x (shots + queries)), the loop for larger ones.  On 2 threads the batched step (end to
+#: end) was 1.4-2.7x faster at 10 and 40 images per task and 1.2-2.4x slower from 50 on (one
+#: thread: 1.3x faster at 10, a tie at 40, 1.4x slower at 50): one vmapped step of many small tasks
+#: saves the loop's per-task op launches, while large tasks are already compute-bound
+#: (benchmarks/cpu_recipe_engines.sh; results/cpu/recipe-engines-{2threads,1thread}/)
+SMALL_TASK_IMAGES = 40
 
 
 @dataclass(frozen=True)
@@ -288,6 +295,8 @@ class AlgorithmSpec:
     head: the model is the backbone plus a linear layer over `ways` classes, so training and
     evaluation episodes must have that many classes (False: the backbone alone, any ways).
     auto_engine: device type -> engine that `--engine auto` picks (measured with `l2l-app bench`).
+    cpu_batched_up_to_images: on a CPU `--engine auto` picks the batched engine instead where a
+    training task has at most this many images (`SMALL_TASK_IMAGES`; 0: never).
     eval_engine: device type -> engine that scores evaluation episodes, whatever engine trained
     (measured by benchmarks/eval_engines.py; results in benchmarks/results/*/eval_engines.json).
     """
@@ -300,6 +309,7 @@ class AlgorithmSpec:
     head: bool = True
     optimizer: MetaOptimizer = ADAM
     auto_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
+    cpu_batched_up_to_images: int = 0
     eval_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
     aliases: Mapping[str, Alias] = field(default_factory=dict)
     #: settings (flat names) of a short CPU run on Omniglot 5-way that learns visibly in seconds:

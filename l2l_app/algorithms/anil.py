@@ -36,8 +36,8 @@ from torch.func import functional_call, vmap
 from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, Params, activation_bytes, parameter_bytes, task_losses
-from ..learner import (AlgorithmSpec, MetaLearner, QueryMetrics, StepMetrics, accuracy, backprop_query_losses,
-                       register)
+from ..learner import (SMALL_TASK_IMAGES, AlgorithmSpec, MetaLearner, QueryMetrics, StepMetrics, accuracy,
+                       backprop_query_losses, register)
 from .maml import MAML, BatchedMAML, MAMLSettings
 
 
@@ -197,5 +197,5 @@ class BatchedANIL(BatchedLearner):
 # untrained model with 3 test-time head steps scores 35-39% there, so the run learns well above it.
 register(AlgorithmSpec(
     name="anil", summary="ANIL (Raghu et al., 2020): MAML that adapts only the output layer",
-    settings=ANILSettings, loop=ANIL, batched=BatchedANIL,
+    settings=ANILSettings, loop=ANIL, batched=BatchedANIL, cpu_batched_up_to_images=SMALL_TASK_IMAGES,
     quick=dict(meta_batch=4, inner_lr=0.4, inner_steps=1, test_inner_steps=3, train_queries=1, iterations=80)))

@@ -26,8 +26,8 @@ from ..backbones import batchnorm_mode
 from ..data.types import EpisodeBatch
 from ..engine import BatchedLearner, Params, activation_bytes, parameter_bytes
 from ..settings import INNER_STEPS, RATE, Limit, setting
-from ..learner import (AlgorithmSettings, AlgorithmSpec, Alias, MetaLearner, QueryMetrics, StepMetrics, accuracy,
-                       backprop_query_losses, register)
+from ..learner import (SMALL_TASK_IMAGES, AlgorithmSettings, AlgorithmSpec, Alias, MetaLearner, QueryMetrics,
+                       StepMetrics, accuracy, backprop_query_losses, register)
 
 if TYPE_CHECKING:  # learn2learn is imported when a loop learner is built (slow: torchvision)
     import learn2learn as l2l
@@ -177,4 +177,5 @@ register(AlgorithmSpec(
     name="maml", summary="MAML (Finn et al., 2017): a few SGD steps from a meta-learned initialisation",
     settings=MAMLSettings, loop=MAML, batched=BatchedMAML,
     aliases={"fomaml": Alias({"first_order": True}, "first-order MAML")},
+    cpu_batched_up_to_images=SMALL_TASK_IMAGES,
     quick=dict(meta_batch=4, inner_lr=0.4, inner_steps=1, test_inner_steps=3, train_queries=1, iterations=100)))

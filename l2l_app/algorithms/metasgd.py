@@ -33,7 +33,7 @@ from torch import nn
 from ..data.types import EpisodeBatch
 from ..engine import parameter_bytes
 from ..errors import CheckpointError
-from ..learner import AlgorithmSpec, register
+from ..learner import SMALL_TASK_IMAGES, AlgorithmSpec, register
 from ..settings import RATE, setting
 from .maml import MAML, BatchedMAML, MAMLSettings
 
@@ -143,7 +143,7 @@ class BatchedMetaSGD(_LearnedRates, BatchedMAML):
 register(AlgorithmSpec(
     name="metasgd",
     summary="Meta-SGD (Li et al., 2017): MAML with learned per-parameter inner learning rates",
-    settings=MetaSGDSettings, loop=MetaSGD, batched=BatchedMetaSGD,
+    settings=MetaSGDSettings, loop=MetaSGD, batched=BatchedMetaSGD, cpu_batched_up_to_images=SMALL_TASK_IMAGES,
     # one test step (the step the rates are learned for): 53-60% on 100 test episodes over seeds 0-5
     # (hidden 32, 5 queries), 13-15 s of training on one core; MAML's quick settings with 3 test steps: 47-52%
     quick=dict(meta_batch=2, inner_lr=0.4, inner_steps=1, test_inner_steps=1, train_queries=1, iterations=120)))
