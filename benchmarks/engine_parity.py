@@ -2,7 +2,7 @@
 
     python benchmarks/engine_parity.py --device cuda --out benchmarks/results/engine_parity-h200.json
 
-For MAML (1 and 3 inner steps, second and first order), Reptile (SGD) and every other registered
+For MAML (1, 3 and 5 inner steps, second order; 1 and 3, first order), Reptile (SGD) and every other registered
 algorithm with a batched engine (its default settings), on
 Omniglot-shaped episodes (5-way 1-shot 15 queries, 8 tasks, Conv4 with 64 filters), it
 reports the relative L2 difference of the meta-gradients in float64, in float32 with TF32
@@ -49,6 +49,7 @@ from l2l_app.runtime import environment, set_tf32  # noqa: E402
 VARIANTS = {
     "maml-1step-2nd": ("maml", dict(inner_lr=0.4, inner_steps=1, first_order=False)),
     "maml-3step-2nd": ("maml", dict(inner_lr=0.4, inner_steps=3, first_order=False)),
+    "maml-5step-2nd": ("maml", dict(inner_lr=0.4, inner_steps=5, first_order=False)),  # the 20-way recipes' steps
     "maml-1step-1st": ("maml", dict(inner_lr=0.4, inner_steps=1, first_order=True)),
     "maml-3step-1st": ("maml", dict(inner_lr=0.4, inner_steps=3, first_order=True)),
     "reptile-sgd-5step": ("reptile", dict(inner_lr=0.1, inner_steps=5, inner_batch=10, inner_optimizer="sgd")),
