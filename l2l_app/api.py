@@ -1,4 +1,4 @@
-"""The Python API, for notebooks and scripts: train, load, evaluate, predict.
+"""The Python API, for notebooks and scripts: train, load, evaluate, predict, export.
 
     import l2l_app
     run = l2l_app.train(algo="protonet", iterations=100)        # a temporary run directory
@@ -12,7 +12,8 @@ setting names as the flags: `algo`, `iterations`, `data_root`, ...) and runs the
 is `trainer.evaluate_run` and `predict` is `l2l_app.predict.classify`, the core of `l2l-app predict`.
 
 No files are written unless asked: without `out`, `train` works in a temporary directory that is
-removed when the `Run` is closed (`run.close()`, a `with` block) or garbage-collected.
+removed when the `Run` is closed (`run.close()`, a `with` block) or garbage-collected (the
+decoded-data cache stays, as the CLI's does).
 `Run.evaluate(save=True)` also writes its result file into the run directory, like `l2l-app eval`.
 """
 from __future__ import annotations
@@ -28,8 +29,9 @@ from .data import Preprocessing, SplitData
 from .errors import ConfigError
 from .evaluation import EvalResult
 from .experiment import Experiment
+from .export import ExportResult
 from .learner import MetaLearner
-from .predict import Items, Predictions, classify, run_info
+from .predict import Items, Predictions, classify, folder_inputs, run_info
 from .trainer import Trainer, TrainSummary, evaluate_run
 
 PathLike = Union[str, Path]
@@ -97,9 +99,7 @@ class Run:
         """Mean accuracy and 95% CI over fixed-seed episodes, exactly as `l2l-app eval` computes it.
         None: the run's own setting.  `save`: also write the result file into the run directory (as
         `l2l-app eval` does); by default nothing is written."""
-        if self._temporary is not None and not self.path.is_dir():
-            raise ConfigError("this Run was closed and its temporary run directory removed; train again, or pass "
-                              "out= to train() to keep the run")
+        self._check_files("evaluate")
         return evaluate_run(self.path, split=split, episodes=episodes, checkpoint=self.checkpoint, seed=seed,
                             device=self.device, progress=progress, ways=ways, shots=shots, queries=queries,
                             dataset=dataset, data_root=None if data_root is None else str(data_root), save=save)
@@ -116,6 +116,27 @@ class Run:
         """
         info = run_info(self._experiment, self.path, self._loaded)
         return classify(self._experiment, support_images, support_labels, query_images, query_names, info)
+
+    def predict_folder(self, support_dir: PathLike, queries: Sequence[PathLike]) -> Predictions:
+        """`l2l-app predict`: the classes are the sub-folders of `support_dir` (a few images each,
+        sorted by name), the queries image files or folders of images (recursively); rows named by path."""
+        support, labels, query_paths = folder_inputs(self.config, self.preprocessing, support_dir, queries)
+        info = run_info(self._experiment, self.path, self._loaded)
+        return classify(self._experiment, support, labels, query_paths, [str(q) for q in query_paths], info,
+                        class_word="class folders")
+
+    def export(self, out: PathLike, format: str = "torchscript", overwrite: bool = False) -> ExportResult:
+        """`l2l-app export`: this run's network (its checkpoint) to the file `out` as 'torchscript',
+        'state-dict' or 'onnx', with the JSON sidecar `out`.json; checked against the run's model before
+        anything is written; an existing file is replaced only with `overwrite`."""
+        from .export import export_run
+        self._check_files("export")
+        return export_run(self.path, Path(out), format, self.checkpoint, overwrite)
+
+    def _check_files(self, what: str) -> None:
+        if self._temporary is not None and not self.path.is_dir():
+            raise ConfigError(f"cannot {what}: this Run was closed and its temporary run directory removed; train "
+                              f"again, or pass out= to train() to keep the run")
 
     # ---- the temporary directory ----------------------------------------------------------
     def close(self) -> None:

@@ -26,7 +26,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     """Load a checkpoint safely; a missing, truncated, corrupted or code-carrying file raises CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train first or pass the right --run")
+        raise CheckpointError(f"checkpoint {path} not found; is that the run directory you meant?")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -511,8 +511,8 @@ def bench(out, impls, sweeps, recipe, algo, **settings) -> None:
 
 
 #: the train options `l2l-app data check` takes: how the data is read, and the episode shapes
-DATA_CHECK_SETTINGS = ("dataset", "data_root", "image_size", "channels", "resize", "split_file", "split_seed",
-                       "split_ratios", "label_column", "ways", "shots", "queries", "train_ways", "train_shots",
+DATA_CHECK_SETTINGS = ("dataset", "data_root", "skip_bad_images", "image_size", "channels", "resize", "split_file",
+                       "split_seed", "split_ratios", "label_column", "ways", "shots", "queries", "train_ways", "train_shots",
                        "train_queries")
 
 
@@ -556,12 +556,13 @@ def data_check(as_json: bool, quiet: bool, **settings: Any) -> None:
               help="an image file, or a folder whose images (recursively) are classified; repeatable")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="also write the predictions as CSV (image,predicted_class,probability,next_class,next_probability)")
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.option("--checkpoint", type=Choices(("best", "last")), default="best", show_default=True,
               help="best (validation) or last")
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N  [default: the run's]")
-def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Optional[Path], as_json: bool,
-            checkpoint: str, device: Optional[str]) -> None:
+def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Optional[Path], overwrite: bool,
+            as_json: bool, checkpoint: str, device: Optional[str]) -> None:
     """Classify new images with the run in RUN_DIR, given a few examples of each new class.
 
     The images are decoded and normalised like the run's training images.  Models with an
@@ -569,7 +570,7 @@ def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Op
     """
     from .predict import check_output_file, predict_folder
     if out is not None:
-        check_output_file(out)
+        check_output_file(out, overwrite)
     result = predict_folder(run_dir, support_dir, queries, checkpoint=checkpoint, device=device)
     click.echo(result.to_json() if as_json else result.table())
     if out is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,8 +419,23 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
                                data=_resolved_data(config.data), model=_resolved_model(config.model))
 
 
+def absolute_root(data_root: Optional[str]) -> Optional[str]:
+    """A data root as a run stores it: absolute, `~` expanded, links kept (None: the bundled copy),
+    so that eval, predict and resume read the same folder from any working directory."""
+    return None if data_root is None else os.path.abspath(os.path.expanduser(str(data_root)))
+
+
+def data_moved(config: "ExperimentConfig") -> bool:
+    """Whether a run's data root is gone from where the run read it (moved, or a relative path of
+    an older run read from another directory): a `--data-root` given then relocates it."""
+    root = config.data.data_root
+    return root is not None and not Path(root).exists()
+
+
 def _resolved_data(data: DataConfig) -> DataConfig:
-    """The dataset's own value for each of its options left None (other datasets' options: None)."""
+    """The dataset's own value for each of its options left None (other datasets' options: None);
+    the data root absolute (`absolute_root`)."""
+    data = dataclasses.replace(data, data_root=absolute_root(data.data_root))
     dataset = DATASETS.get(data.dataset)
     if dataset is None:
         return data

@@ -205,7 +205,8 @@ def check_data(settings: Mapping[str, Any], progress: bool = True) -> DataCheckR
     loaded = load_for_check(dataset, root, progress)
     t = config.task
     report = build_report(loaded, (config.train_ways, config.train_shots, config.train_queries),
-                          (t.ways, t.shots, t.queries), dataset.name, str(source.root), progress, train_shape_flags(config))
+                          (t.ways, t.shots, t.queries), dataset.name, str(source.root), progress, train_shape_flags(config),
+                          skip_bad_images=config.data.skip_bad_images)
     try:
         list_classes(dataset, root)
     except DataError as e:  # the trainer's check of the listed classes (once, when loading found it already)
@@ -232,10 +233,12 @@ def load_for_check(dataset: Dataset, data_root: Optional[str], progress: bool) -
 
 def build_report(loaded: Loaded, train: Shape, evaluation: Shape,
                  dataset: str = "", data_root: Optional[str] = None, progress: bool = False,
-                 flags: Tuple[str, str, str] = ("--train-ways", "--train-shots", "--train-queries")
-                 ) -> DataCheckReport:
+                 flags: Tuple[str, str, str] = ("--train-ways", "--train-shots", "--train-queries"),
+                 skip_bad_images: bool = False) -> DataCheckReport:
     """The report of loaded splits (SplitData, or the DataError that stopped a split): the 'train'
-    split is checked with the `train` shape (its options named by `flags`), the others with `evaluation`."""
+    split is checked with the `train` shape (its options named by `flags`), the others with `evaluation`.
+    Unreadable images stop training (a failure in train and val) unless `skip_bad_images`, as they
+    stop `train` unless --skip-bad-images; `eval` never skips them (a warning in test)."""
     report = DataCheckReport(dataset, data_root, train, evaluation)
     readable: Dict[str, SplitData] = {s: d for s, d in loaded.items() if isinstance(d, SplitData)}
     digests = _all_digests(readable, dataset, progress)
@@ -252,9 +255,14 @@ def build_report(loaded: Loaded, train: Shape, evaluation: Shape,
         except ConfigError as e:
             found.append(Finding("episode shape", split, _consequence(split, str(e))))
     for s in report.splits:
-        if s.skipped.count:
+        if s.skipped.count and skip_bad_images and s.split in TRAINING_SPLITS:
             report.warnings.append(Finding("images", s.split, f"{s.skipped.count} unreadable image(s) left out: "
                                            f"{s.skipped.shown()}; restore or remove them"))
+        elif s.skipped.count:
+            found = report.failures if s.split in TRAINING_SPLITS else report.warnings
+            fix = " or pass --skip-bad-images to train without them" if s.split in TRAINING_SPLITS else ""
+            found.append(Finding("images", s.split, _consequence(
+                s.split, f"{s.skipped.count} unreadable image(s): {s.skipped.shown()}; restore or remove them{fix}")))
         if s.ignored.count:
             report.warnings.append(Finding("ignored files", s.split, f"{s.ignored.count} file(s) that are not "
                                            f"images were left out: {s.ignored.shown()}"))

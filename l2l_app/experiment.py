@@ -189,6 +189,7 @@ class Experiment:
         'checkpoint_sha256'}.  One-line errors for a missing run, checkpoint or file.
         """
         from .checkpoint import learner_state, load_checkpoint
+        from .errors import CheckpointError
         from .fileio import file_sha256
         from .rundir import checkpoint_path, load_config, load_preprocessing
 
@@ -203,6 +204,9 @@ class Experiment:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=None))
         x = cls.build(config, device=device, engine=engine, sampler=sampler, preprocessing=preprocessing)
         path = checkpoint_path(run_dir, checkpoint)
+        if checkpoint == "best" and not path.is_file() and checkpoint_path(run_dir, "last").is_file():
+            raise CheckpointError(f"run {run_dir} has no best checkpoint: it stopped before its first validation; "
+                                  f"pass --checkpoint last, or resume it (`l2l-app train --resume {run_dir}`)")
         digest = file_sha256(path) if path.is_file() else None
         state = load_checkpoint(path, map_location=x.device)
         x.learner.load_state_dict(learner_state(state))

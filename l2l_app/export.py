@@ -242,7 +242,8 @@ def input_steps(pre: Preprocessing) -> List[str]:
         colour = "grey (PIL mode L)" if pre.channels == 1 else "RGB (PIL mode RGB)"
         resize = ("squash to the square" if pre.resize == "stretch"
                   else "scale the shorter side to the size, then keep the centre square")
-        steps = [f"decode the image to {colour}, compositing any transparency over a white background",
+        steps = ["turn the image upright by its EXIF orientation tag, if it has one (PIL: ImageOps.exif_transpose)",
+                 f"decode the image to {colour}, compositing any transparency over a white background",
                  f"resize to {pre.image_size}x{pre.image_size} ({pre.resize}: {resize}; Lanczos)"]
         if pre.invert:
             steps.append("invert the pixels: v -> 255 - v (the run's data was stored inverted)")

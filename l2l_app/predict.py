@@ -122,6 +122,13 @@ class Predictions:
 
 
 # ----------------------------------------------------------------------------- the core
+def default_query_names(queries: Items, count: int) -> List[str]:
+    """The queries' paths where they are paths, else 'query 0', 'query 1', ... (PIL images, bytes, a tensor)."""
+    if isinstance(queries, torch.Tensor):
+        return [f"query {i}" for i in range(count)]
+    return [str(q) if isinstance(q, (str, os.PathLike)) else f"query {i}" for i, q in enumerate(queries)]
+
+
 def classify(experiment: "Experiment", support: Items, labels: Sequence[Hashable], queries: Items,
              query_names: Optional[Sequence[str]] = None, info: Optional[Dict[str, Any]] = None,
              class_word: str = "classes") -> Predictions:
@@ -145,7 +152,7 @@ def classify(experiment: "Experiment", support: Items, labels: Sequence[Hashable
         raise DataError(f"{support_x.shape[0]} support images but {len(labels)} support labels; give one label "
                         "per support image")
     query_x = stored_items(x.preprocessing, queries, "query")
-    names = [f"query {i}" for i in range(query_x.shape[0])] if query_names is None else list(query_names)
+    names = default_query_names(queries, query_x.shape[0]) if query_names is None else list(query_names)
     if len(names) != query_x.shape[0]:
         raise DataError(f"{query_x.shape[0]} query images but {len(names)} query names; give one name per query")
     index = {c: i for i, c in enumerate(classes)}
@@ -298,10 +305,12 @@ def _check_folder(path: Path, option: str, what: str) -> None:
         raise DataError(f"{option} {path} is a file, not a folder; pass {what}")
 
 
-def check_output_file(path: PathLike) -> None:
-    """DataError when `path` cannot be written as a file (a folder, or its folder missing); checked
-    before predicting so that a refused command writes nothing."""
+def check_output_file(path: PathLike, overwrite: bool = False) -> None:
+    """DataError when `path` cannot be written as a file (a folder, its folder missing, or a file
+    that exists, unless `overwrite`); checked before predicting so that a refused command writes nothing."""
     path = Path(path)
+    if path.is_file() and not overwrite:
+        raise DataError(f"--out {path} exists; pass --overwrite to replace it, or choose another path")
     if path.is_dir():
         raise DataError(f"--out {path} is a folder; give a file path such as {path / 'predictions.csv'}")
     if not path.parent.is_dir():
@@ -327,19 +336,26 @@ def predict_folder(run_dir: PathLike, support_dir: PathLike, queries: Sequence[P
     from .rundir import load_config, load_preprocessing
 
     config = load_config(Path(run_dir))
-    pre = load_preprocessing(run_dir, config)
-    if pre.kind != IMAGES:
-        raise DataError(f"this run was trained on {pre.describe()}, so it cannot classify image folders; use the "
-                        "Python API with float tensors: l2l_app.load(RUN_DIR).predict(...)")
-    classes = support_classes(support_dir)
-    check_class_count(config, len(classes), "class folders")
-    query_paths = query_files(queries)
+    support, labels, query_paths = folder_inputs(config, load_preprocessing(run_dir, config), support_dir, queries)
     x, loaded = Experiment.from_run(run_dir, checkpoint, device=device)
-    support = [path for _, paths in classes for path in paths]
-    labels = [name for name, paths in classes for _ in paths]
     return classify(x, support, labels, query_paths, [str(p) for p in query_paths], run_info(x, run_dir, loaded),
                     class_word="class folders")
 
 
-__all__ = ["CSV_COLUMNS", "Predictions", "check_output_file", "classify", "image_files",
+def folder_inputs(config: "ExperimentConfig", preprocessing: "Preprocessing", support_dir: PathLike,
+                  queries: Sequence[PathLike]) -> Tuple[List[Path], List[str], List[Path]]:
+    """(support image paths, their class names, query image paths) of a support folder (one
+    sub-folder per class) and query files or folders, checked (DataError) before any model work."""
+    if preprocessing.kind != IMAGES:
+        raise DataError(f"this run was trained on {preprocessing.describe()}, so it cannot classify image folders; "
+                        "use the Python API with float tensors: l2l_app.load(RUN_DIR).predict(...)")
+    classes = support_classes(support_dir)
+    check_class_count(config, len(classes), "class folders")
+    query_paths = query_files(queries)
+    support = [path for _, paths in classes for path in paths]
+    labels = [name for name, paths in classes for _ in paths]
+    return support, labels, query_paths
+
+
+__all__ = ["CSV_COLUMNS", "Predictions", "check_output_file", "classify", "folder_inputs", "image_files",
            "predict_folder", "query_files", "stored_items", "support_classes"]

@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .plots import plot_learning_curves
 from .recipes import Recipe
 from .run_records import Comparison, RunRecord, checkpoint_of, load_run_records, shape_label
-from .rundir import CONFIG_FILE, Evaluation, eval_command
+from .rundir import CONFIG_FILE, Evaluation, checkpoint_path, eval_command
 
 NA = "n/a"
 CURVES_PNG = "learning_curves.png"
@@ -260,7 +260,8 @@ def run_blocks(rec: RunRecord) -> List[Block]:
         blocks.append(Table(EVAL_HEADER, evaluation_rows(rec)))
     else:
         c = rec.config
-        command = eval_command(rec.path, {"split": c.eval.split, "checkpoint_name": "best", "ways": c.task.ways,
+        name = "best" if checkpoint_path(rec.path, "best").is_file() else "last"  # no validation yet: no best
+        command = eval_command(rec.path, {"split": c.eval.split, "checkpoint_name": name, "ways": c.task.ways,
                                           "shots": c.task.shots, "queries": c.task.queries,
                                           "episodes": c.eval.episodes, "episode_seed": c.eval.eval_seed})
         blocks.append(Para(f"Not evaluated yet: `{command}`"))

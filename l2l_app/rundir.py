@@ -180,6 +180,9 @@ def check_run_target(path: Path, mode: str) -> None:
             raise ConfigError(f"--resume {path}: no checkpoint to resume from ({CHECKPOINT_DIR}/last.pt); "
                               f"start it again with --out {path} --overwrite")
     elif path.is_dir() and _contents(path):
+        if mode == "new" and is_run_dir(path) and not list((path / CHECKPOINT_DIR).glob("*.pt")):
+            raise ConfigError(f"run directory {path} holds a run that wrote no checkpoint (it was killed before "
+                              f"its first); pass --overwrite to start it again")
         if mode == "new":
             raise ConfigError(f"run directory {path} already exists; pass --resume to continue it "
                               f"or --overwrite to replace it")
@@ -211,6 +214,7 @@ class RunDirectory:
         self.path = self.final
         self._old_lock: Optional[_Lock] = None
         self._created: Optional[Path] = None  # the topmost folder this object created (new runs)
+        self._emptied: Optional[Path] = None  # or the empty folder it started a new run in
         replacing = mode == "overwrite" and self.final.is_dir() and bool(_contents(self.final))
         try:
             if replacing:
@@ -220,6 +224,7 @@ class RunDirectory:
                 self.path.mkdir()
             elif mode != "resume":
                 self._created = _topmost_missing(self.final)
+                self._emptied = self.final if self._created is None else None
                 self.final.mkdir(parents=True, exist_ok=True)
                 if _contents(self.final):  # another process created it after our check
                     raise ConfigError(f"run directory {self.final} already exists; pass --resume to "
@@ -249,14 +254,20 @@ class RunDirectory:
         shutil.rmtree(aside, ignore_errors=True)
 
     def discard(self) -> None:
-        """Undo a start that failed: remove a staged run that never wrote a checkpoint (the old
-        run stays) or the folders a new run created."""
+        """Undo a run that failed or stopped before its first checkpoint: remove a staged run (the
+        old run stays), the folders a new run created, or what it wrote into the empty folder it was given."""
         self._lock.release()
         if self.staged:
             shutil.rmtree(self.path, ignore_errors=True)
             self.path = self.final
         elif self._created is not None:
             shutil.rmtree(self._created, ignore_errors=True)
+        elif self._emptied is not None:  # empty before: what is in it now is this run's
+            for entry in self._emptied.iterdir():
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                elif entry.name != LOCK_FILE:
+                    entry.unlink(missing_ok=True)
         self._release_old()
 
     def release(self) -> None:

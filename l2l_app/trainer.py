@@ -19,6 +19,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ import torch
 
 from . import distributed, runtime
 from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
-from .config import SPLITS, ExperimentConfig, resolve, train_shape_flags, validate, with_overrides
+from .config import (SPLITS, ExperimentConfig, absolute_root, data_moved, resolve, train_shape_flags, validate,
+                     with_overrides)
 from .data.types import DATA_OPTIONS, VECTORS, EpisodeBatch
 from .data import SplitData, check_disjoint
 from .errors import ConfigError, L2LAppError
@@ -232,6 +234,8 @@ class Trainer:
         self.validation_pending = False
         #: the step checkpoints/last.pt holds (None: none written yet)
         self.saved_step: Optional[int] = None
+        #: whether this process has written a checkpoint (a new run that never did is removed when it fails)
+        self.wrote_checkpoint = False
         self.status = "trained"
         state = self._load_resume_state() if resume else None
         if state is not None:
@@ -297,6 +301,7 @@ class Trainer:
         self.checkpoint_dir.mkdir(exist_ok=True)
         save_checkpoint(self._state(), self.checkpoint_dir / f"{name}.pt")
         self.files.commit()
+        self.wrote_checkpoint = True
         if name == "last":
             self.saved_step = self.step
 
@@ -461,7 +466,11 @@ class Trainer:
         if self.status != "trained":
             return self._summary()
         c = self.config
-        old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # Python delivers signals to the main thread only: a run in another thread (a notebook's or an app's
+        # worker) leaves them to the main thread's handlers, and its caller stops it
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        old_handlers = ({s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+                        if in_main_thread else {})
         if self._tensorboard_class is not None:
             self._tensorboard = self._tensorboard_class(log_dir=str(self.files.file(TENSORBOARD_DIR)))
         start = time.perf_counter() - self.elapsed
@@ -506,6 +515,10 @@ class Trainer:
                     self._read_metrics()
                 if validate:
                     self._validate_and_keep_best()
+                    if budget is not None and not out_of_time:  # the validation's time is the run's too
+                        self.elapsed = time.perf_counter() - start
+                        out_of_time = self.world.any(self.elapsed >= budget)
+                        due = due or out_of_time
                 last = self._last_metrics
                 bar.update(self.step, self.elapsed, {
                     "loss": "-" if last is None else f"{last['loss']:.3f}",
@@ -526,7 +539,9 @@ class Trainer:
             bar.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-            self._close(committed=not self.files.staged)
+            # a run that ends (fails, or is stopped) before any checkpoint leaves nothing behind: a new
+            # run's folders are removed, a staged --overwrite is discarded and the old run kept
+            self._close(committed=self.resume or self.wrote_checkpoint)
         return self._summary(stopped_by_budget)
 
     def _save_or_stop(self, due: bool) -> bool:
@@ -534,6 +549,10 @@ class Trainer:
         The signal is read once, after the step's metrics and any validation: one that arrived during
         them stops the run now, with this step saved (a later one: after the next step).  True: saved."""
         stop = self._stop_signal
+        if stop is not None and self.files is not None and self.files.staged:
+            raise Interrupted(f"stopped by signal {stop} after step {self.step}, before this --overwrite run's first "
+                              f"checkpoint: the run in {self.run_dir} is kept as it was, and the new one discarded",
+                              stop)
         if due or stop is not None:
             self._read_metrics()  # already read, unless only the signal asks for this checkpoint
             self.save("last")
@@ -564,10 +583,14 @@ class Trainer:
             lr = next(values) if isinstance(lr, torch.Tensor) else lr
             if not math.isfinite(loss) and not self.config.run.skip_nonfinite:
                 last = self.run_dir / CHECKPOINT_DIR / "last.pt"
-                kept = f"keeping the last good checkpoint in {last}" if self.checkpoint_dir.joinpath(
-                    "last.pt").is_file() else "no checkpoint had been written yet"
-                if self.files.staged:
-                    kept += f"; the run that was in {self.run_dir} is left as it was"
+                if self.checkpoint_dir.joinpath("last.pt").is_file():
+                    kept = f"keeping the last good checkpoint in {last}"
+                elif self.files.staged:
+                    kept = f"no checkpoint had been written yet; the run that was in {self.run_dir} is left as it was"
+                elif not (self.resume or self.wrote_checkpoint):
+                    kept = f"no checkpoint had been written yet, so {self.run_dir} is removed"
+                else:
+                    kept = "no checkpoint had been written yet"
                 raise NonFiniteLossError(
                     f"loss became {loss} at step {step}; stopped, {kept} "
                     f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
@@ -605,8 +628,11 @@ def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
     check_run_target(Path(run_dir), "resume")
     saved = load_config(run_dir)
     current = saved.flat()
+    if overrides.get("data_root") is not None:
+        overrides = {**overrides, "data_root": absolute_root(overrides["data_root"])}
     changed = [name for name, value in overrides.items() if name not in current or current[name] != value]
-    fixed = [name for name in changed if name not in RESUME_CHANGEABLE]
+    moved = data_moved(saved)  # the run's data is gone from where it was read: --data-root says where it is now
+    fixed = [name for name in changed if name not in RESUME_CHANGEABLE and not (name == "data_root" and moved)]
     if fixed:
         allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_CHANGEABLE)
         name = fixed[0]
@@ -637,6 +663,11 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if ways is not None and ways != trained.task.ways and trained.spec.head:
         raise ConfigError(f"--ways {ways}: this {trained.algo} model has a "
                           f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
+    if data_root is not None and dataset in (None, trained.data.dataset) and (
+            absolute_root(data_root) == trained.data.data_root or data_moved(trained)):
+        # the run's own data, named again or found where it was moved: not another dataset
+        trained = dataclasses.replace(trained, data=dataclasses.replace(trained.data, data_root=absolute_root(data_root)))
+        dataset = data_root = None
     other = dataset is not None or data_root is not None
     base = cross_domain_config(trained, preprocessing, dataset, data_root) if other else trained
     config = validate(with_overrides(base, shape))
@@ -689,7 +720,7 @@ def cross_domain_config(trained: ExperimentConfig, preprocessing: Preprocessing,
     if other.name == trained.data.dataset:
         values.update({n: getattr(trained.data, n) for n in DATA_OPTIONS})
     values.update({n: v for n, v in preprocessing.dataset_settings().items() if n in other.options})
-    values.update(dataset=other.name, data_root=data_root if data_root is not None else
+    values.update(dataset=other.name, data_root=absolute_root(data_root) if data_root is not None else
                   (trained.data.data_root if other.name == trained.data.dataset else None))
     return dataclasses.replace(trained, data=dataclasses.replace(trained.data, **values))
 

@@ -82,6 +82,25 @@ def test_train_without_out_writes_only_a_temporary_directory_removed_on_close(sy
     assert not path.exists(), "a garbage-collected Run removes its temporary directory"
 
 
+def test_train_runs_in_a_worker_thread(synthetic_data_root, tmp_path):
+    """Apps and notebooks train in worker threads, where Python refuses signal handlers: the run
+    leaves signals to the main thread and trains as it would there."""
+    import threading
+    outcome = {}
+
+    def work():
+        try:
+            outcome["run"] = l2l_app.train(out=tmp_path / "run", data_root=synthetic_data_root, **TINY)
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["run"].step == 2 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    outcome["run"].close()
+
+
 def test_train_into_out_and_load_give_the_same_predictions(synthetic_data_root, tmp_path, test_images):
     images, labels = test_images
     trained = l2l_app.train(out=tmp_path / "run", data_root=synthetic_data_root, **TINY)
@@ -111,10 +130,38 @@ def test_every_input_kind_gives_the_same_prediction(run, test_images, tmp_path):
     ]:
         other = run.predict(support_in, labels[0::2], query_in)
         assert torch.equal(other.probabilities, reference.probabilities), kind
+        # the rows are named by the queries' paths where they are paths, as the CLI names them
+        assert other.images == ([str(p) for p in paths] if kind == "paths" else [f"query {i}" for i in range(6)])
     assert reference.classes == list(dict.fromkeys(labels))
     assert reference.images == [f"query {i}" for i in range(6)]
     assert torch.allclose(reference.probabilities.sum(dim=1), torch.ones(6, dtype=torch.float64), rtol=0,
                           atol=1e-12)
+
+
+def test_folders_and_export_as_the_cli_does(run, test_images, tmp_path):
+    """`Run.predict_folder` is `l2l-app predict` (same probabilities, rows named by path) and
+    `Run.export` is `l2l-app export` (an existing file replaced only with overwrite=True)."""
+    from l2l_app.errors import ConfigError
+    from l2l_app.predict import predict_folder
+    images, labels = test_images
+    classes = list(dict.fromkeys(labels))
+    for i, (image, label) in enumerate(zip(as_pil(images, run.preprocessing.invert), labels)):
+        folder = tmp_path / "support" / f"c{classes.index(label)}" if i % 2 == 0 else tmp_path / "queries"
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:02d}.png")
+    got = run.predict_folder(tmp_path / "support", [tmp_path / "queries"])
+    want = predict_folder(run.path, tmp_path / "support", [tmp_path / "queries"], checkpoint=run.checkpoint,
+                          device=run.device)
+    assert torch.equal(got.probabilities, want.probabilities) and got.images == want.images
+    assert got.images == [str(tmp_path / "queries" / f"{i:02d}.png") for i in range(1, 12, 2)]
+    assert got.classes == ["c0", "c1", "c2"]
+
+    out = tmp_path / "model.pt"
+    exported = run.export(out, "state-dict")
+    assert out.is_file() and (tmp_path / "model.pt.json").is_file() and exported.describe()
+    with pytest.raises(ConfigError, match="already exist; pass --overwrite"):
+        run.export(out, "state-dict")
+    run.export(out, "state-dict", overwrite=True)
 
 
 def test_labels_are_any_hashable_names(run, test_images):

@@ -174,6 +174,17 @@ def test_every_convolution_impl_agrees_with_native(name, in_channels, size):
         set_conv_impl(model, "fft")
 
 
+def test_channels_last_convolutions_trace_in_one_graph():
+    """`--conv-impl channels-last` with `--compile` (ProtoNet's batched engine): the check that
+    keeps NHWC out of torch.func transforms must not break torch.compile's graph at every
+    convolution (querying the tensor, `is_functorch_wrapped_tensor`, did: 5 breaks in conv4)."""
+    model = set_conv_impl(make("conv4", dtype=torch.float32), "channels-last")
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(images(4, dtype=torch.float32))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
 #: the backbones with batch norm (per-task statistics); the MLP has none
 NORMALISED = [n for n in NAMES if BACKBONES[n].inputs == "image"]
 

@@ -214,16 +214,24 @@ def test_classes_shared_with_test_are_a_warning(root):
 # ----------------------------------------------------------------------------- unreadable data
 
 
-def test_corrupt_image_is_skipped_and_listed(root):
+def test_corrupt_image_is_listed_and_fails_unless_training_would_skip_it(root):
+    """`train` stops at an unreadable image unless --skip-bad-images, so the check fails on it
+    unless given that flag too (then it is a warning); either way the rest of the split is counted."""
     bad = alpha(root, 2, 5)
     bad.write_bytes(b"not a png")
-    report = check(root)
-    train = by_split(report)["train"]
-    assert train.skipped.count == 1 and str(bad) in train.skipped.examples[0]
-    assert train.per_class_min == SYNTH_DRAWINGS - 1
-    assert train.total_images == ROTATIONS * len(SYNTH_SPLITS["train"]) * SYNTH_DRAWINGS - ROTATIONS
-    assert by_split(report)["val"].skipped.count == 0
-    assert report.ok and any(w.check == "images" and w.split == "train" for w in report.warnings)
+    for skip in (False, True):
+        report = check(root, skip_bad_images=skip)
+        train = by_split(report)["train"]
+        assert train.skipped.count == 1 and str(bad) in train.skipped.examples[0]
+        assert train.per_class_min == SYNTH_DRAWINGS - 1
+        assert train.total_images == ROTATIONS * len(SYNTH_SPLITS["train"]) * SYNTH_DRAWINGS - ROTATIONS
+        assert by_split(report)["val"].skipped.count == 0
+        found = report.warnings if skip else report.failures
+        assert report.ok == skip and [f.check for f in found if f.split == "train"] == ["images"]
+        assert ("--skip-bad-images" in found[-1].message) != skip
+    result = run("--data-root", root, "--quiet")
+    assert result.exit_code == 1 and "[images, train]" in result.stderr
+    assert run("--data-root", root, "--quiet", "--skip-bad-images").exit_code == 0
 
 
 def test_unreadable_val_split_fails_and_the_others_are_still_reported(root):
@@ -306,7 +314,9 @@ def test_build_report_on_hand_built_splits():
     checks = sorted((f.check, f.split) for f in report.failures)
     # train: 2 classes of 16+ images suffice for 2 ways, but every class needs shots + queries (as the
     # trainer's samplers do); val: 3 ways exceed its 2 classes; train and val share class a
-    assert checks == [("disjoint classes", "train/val"), ("episode shape", "train"), ("episode shape", "val")]
+    # and train has unreadable images (training stops at them without --skip-bad-images)
+    assert checks == [("disjoint classes", "train/val"), ("episode shape", "train"), ("episode shape", "val"),
+                      ("images", "train")]
     assert [(w.check, w.split) for w in report.warnings][:1] == [("read", "test")]
     assert "l2l-app eval --split test would stop: no test split file" in report.warnings[0].message
 

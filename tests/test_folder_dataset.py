@@ -266,6 +266,19 @@ def test_any_format_mode_and_size_decodes_to_the_run_shape(tmp_path, channels):
             assert (got[i] == exact[p.name]).all(), p.name
 
 
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path):
+    """A phone stores a portrait photo's pixels sideways with EXIF orientation 6 (turn 90 degrees
+    clockwise to view): it decodes as the upright image a viewer shows, for training and predict alike."""
+    sideways = noise(7, size=(SIZE, SIZE))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    tagged = save(tmp_path / "tagged.png", sideways, exif=exif)
+    upright = save(tmp_path / "upright.png", sideways.transpose(Image.Transpose.ROTATE_270))
+    plain = save(tmp_path / "plain.png", sideways)
+    assert torch.equal(decoded([tagged]), decoded([upright]))
+    assert not torch.equal(decoded([tagged]), decoded([plain]))
+
+
 def test_crop_keeps_the_centre_and_stretch_squashes(tmp_path):
     root = split_folders(tmp_path / "d")
     stripes = np.zeros((SIZE, 3 * SIZE, 3), dtype=np.uint8)  # red | green | blue, each SIZE wide
@@ -341,6 +354,23 @@ def test_corrupt_image_names_the_file_or_is_skipped(tmp_path):
     assert len(d.skipped) == 1 and str(bad) in d.skipped[0]
     assert d.class_counts.tolist() == [3, 2, 3]
     assert not list((root / ".cache").glob("folder-train-*.pt")), "a split with holes is never cached"
+
+
+def test_an_empty_class_folder_is_named_before_anything_is_decoded(tmp_path):
+    root = class_folders(tmp_path / "d", n_classes=10)
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("not an image")
+    message = error(load_all, root, split_seed=0)
+    assert message.startswith(f"class folder {root / 'empty'} holds no images (files ending in .png, ")
+    assert message.endswith("add images to it or remove it")
+
+
+def test_a_file_that_is_no_image_is_named_without_pils_object_address(tmp_path):
+    root = class_folders(tmp_path / "d", n_classes=10)
+    (root / "class 03" / "notes.png").write_text("not an image")
+    message = error(load_all, root, split_seed=0)
+    assert message.startswith(f"cannot decode image {root / 'class 03' / 'notes.png'}: PIL cannot identify it")
+    assert "BytesIO" not in message and " at 0x" not in message
 
 
 def test_symlink_loop_is_refused(tmp_path):
@@ -440,3 +470,32 @@ def test_split_seed_is_refused_for_omniglot(tmp_path):
     err = result.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "--split-seed" in err
     assert not (tmp_path / "RUN").exists()
+
+
+def test_a_relative_data_root_is_stored_absolute_and_a_moved_one_is_found_again(tmp_path, monkeypatch):
+    """A run trained with `--data-root d` from its folder evaluates from any other folder; naming its
+    data again (in any form) is not a cross-domain evaluation; after the data moves, `--data-root`
+    says where it is now, for eval and for resume; another existing folder stays refused on resume."""
+    class_folders(tmp_path / "d", n_classes=10)
+    monkeypatch.chdir(tmp_path)
+    run_cli("train", "--dataset", "folder", "--data-root", "d", "--image-size", SIZE, "--hidden", 8,
+            "--iterations", 2, "--val-every", 2, "--val-episodes", 2, "--ways", 2, "--shots", 1, "--queries", 1,
+            "--out", "RUN", "--device", "cpu", "--quiet")
+    run = tmp_path / "RUN"
+    assert json.loads((run / "config.json").read_text())["data"]["data_root"] == str(tmp_path / "d")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run_cli("eval", run, "--episodes", 2, "--device", "cpu")
+    run_cli("eval", run, "--episodes", 3, "--device", "cpu", "--data-root", "../d")
+    assert len(list(run.glob("eval-test-*.json"))) == 2 and not list(run.glob("eval-folder-*.json"))
+
+    (tmp_path / "d").rename(tmp_path / "moved")
+    result = CliRunner().invoke(cli, ["eval", str(run), "--episodes", "2", "--device", "cpu"])
+    assert result.exit_code == 2 and f"data root {tmp_path / 'd'} does not exist" in result.stderr
+    run_cli("eval", run, "--episodes", 4, "--device", "cpu", "--data-root", "../moved")
+    assert len(list(run.glob("eval-test-*.json"))) == 3 and not list(run.glob("eval-folder-*.json"))
+    run_cli("train", "--resume", run, "--iterations", 3, "--data-root", "../moved", "--quiet")
+    assert json.loads((run / "config.json").read_text())["data"]["data_root"] == str(tmp_path / "moved")
+    class_folders(tmp_path / "other", n_classes=10)
+    result = CliRunner().invoke(cli, ["train", "--resume", str(run), "--iterations", "4", "--data-root", "../other"])
+    assert result.exit_code == 2 and "cannot change --data-root when resuming" in result.stderr

@@ -255,6 +255,18 @@ def test_missing_paths_are_refused_and_nothing_is_written(protonet_run, tmp_path
     assert not out.exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_an_existing_out_file_is_replaced_only_with_overwrite(protonet_run, tmp_path):
+    support = support_folder(tmp_path / "support", [1, 1])
+    query = random_png(tmp_path / "q.png", seed=5)
+    out = tmp_path / "precious.csv"
+    out.write_text("precious\n")
+    args = ["predict", protonet_run, "--support", support, "--query", query, "--out", out, "--device", "cpu"]
+    assert_one_line_error(run_cli(*args), f"--out {out} exists; pass --overwrite to replace it")
+    assert out.read_text() == "precious\n"
+    assert run_cli(*args, "--overwrite").exit_code == 0
+    assert out.read_text().splitlines()[0].split(",") == list(CSV_COLUMNS)
+
+
 def test_options_are_required(protonet_run, tmp_path):
     support = support_folder(tmp_path / "support", [1, 1])
     assert_one_line_error(run_cli("predict", protonet_run, "--query", tmp_path), "--support")

@@ -156,6 +156,62 @@ def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_old_run(trai
     assert sorted(p.name for p in trained.parent.iterdir()) == ["run"]
 
 
+def test_an_overwrite_stopped_by_a_signal_before_its_first_checkpoint_keeps_the_old_run(trained, synthetic_data_root):
+    """Ctrl-C is what a user presses on seeing they overwrote the wrong run: before the new run's
+    first checkpoint it discards the new run (no checkpoint is written for the signal) and keeps
+    the old one byte for byte, saying so."""
+    import os
+    import signal
+    from l2l_app.trainer import Interrupted
+    before = snapshot(trained)
+
+    def ctrl_c(step, metrics):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match=f"stopped by signal 2 after step 1, before this --overwrite run's first "
+                                          f"checkpoint: the run in {trained} is kept as it was, and the new one "
+                                          f"discarded"):
+        Trainer(_config(synthetic_data_root), trained, overwrite=True, progress=False, on_step=ctrl_c).fit()
+    assert snapshot(trained) == before
+    assert sorted(p.name for p in trained.parent.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new folder", "empty folder"])
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing_and_can_start_again(
+        synthetic_data_root, tmp_path, existed):
+    """A run that fails before any checkpoint cannot be resumed, so it leaves nothing that would
+    refuse the corrected command: the folders it created go (an empty folder it was given stays empty)."""
+    run = tmp_path / "runs" / "run"
+    if existed:
+        run.mkdir(parents=True)
+
+    def crash(step, metrics):
+        raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        Trainer(_config(synthetic_data_root), run, progress=False, on_step=crash).fit()
+    assert (sorted(p.name for p in run.iterdir() if p.name != ".lock") == [] if existed
+            else not (tmp_path / "runs").exists())
+    Trainer(_config(synthetic_data_root), run, progress=False).fit()
+    assert (run / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_named_as_such(synthetic_data_root, tmp_path):
+    """What a kill (or a second Ctrl-C) before the first checkpoint leaves: the same command is
+    refused with the one fix that works (--resume has nothing to resume), and that fix works."""
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS)
+    assert code == 0, err
+    for checkpoint in (run / "checkpoints").iterdir():
+        checkpoint.unlink()
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS)
+    assert one_line_error(code, err) == (f"error: run directory {run} holds a run that wrote no checkpoint (it was "
+                                         f"killed before its first); pass --overwrite to start it again")
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS, "--overwrite")
+    assert code == 0, err
+
+
 def test_a_killed_overwrites_staging_folder_is_cleaned_by_the_next_one(trained, synthetic_data_root):
     abandoned = trained.parent / ".run.staging-99999999"
     abandoned.mkdir()
@@ -319,3 +375,25 @@ def test_run_records_without_checkpoints_are_unverified_not_stale(trained):
     evaluations = rundir.list_evaluations(trained)
     assert [e.status for e in evaluations] == ["unverified"]
     assert "checkpoints/best.pt is not here" in evaluations[0].reason
+
+
+def test_a_run_stopped_before_its_first_validation_points_to_its_last_checkpoint(synthetic_data_root, tmp_path):
+    """No validation ran, so there is no best.pt: eval, predict and export by default name the
+    checkpoint there is (`--checkpoint last`), which works, and the report's command uses it."""
+    run = tmp_path / "run"
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS, "--val-every", "100",
+                           "--iterations", "2")
+    assert code == 0, err
+    (run / "checkpoints" / "best.pt").unlink()  # the end-of-run validation's; a Ctrl-C before it writes none
+    expected = (f"error: run {run} has no best checkpoint: it stopped before its first validation; pass "
+                f"--checkpoint last, or resume it (`l2l-app train --resume {run}`)")
+    code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet")
+    assert one_line_error(code, err) == expected
+    code, _, err = run_cli("export", run, "--format", "state-dict", "--out", tmp_path / "model.pt")
+    assert one_line_error(code, err) == expected and not (tmp_path / "model.pt").exists()
+    code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet", "--checkpoint", "last")
+    assert code == 0, err
+    (run / "eval-test-last-5w1s2q-2ep-seed1234.json").unlink()
+    code, _, err = run_cli("report", run, "--out", tmp_path / "report")
+    assert code == 0, err
+    assert f"`l2l-app eval {run} --split test --checkpoint last " in (tmp_path / "report" / "report.md").read_text()

@@ -141,12 +141,33 @@ def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
     # Metrics are read every few steps (no host synchronisation per step), but always before a
     # checkpoint: the first one due after the bad step is never written, and the message names step 4.
     late = tmp_path / "late"
-    with pytest.raises(NonFiniteLossError, match="loss became nan at step 4; stopped, no checkpoint had been"):
+    with pytest.raises(NonFiniteLossError, match=f"loss became nan at step 4; stopped, no checkpoint had been "
+                                                 f"written yet, so {late} is removed"):
         Trainer(config(iterations=10, checkpoint_every=5, val_every=5, log_every=100), late, progress=False).fit()
-    assert not (late / "checkpoints" / "last.pt").exists()
+    assert not late.exists()  # nothing to resume: the corrected command may use the same --out
     skipping = tmp_path / "skip"
     summary = Trainer(config(iterations=6, skip_nonfinite=True), skipping, progress=False).fit()
     assert summary.steps == 6 and summary.skipped_steps == 1
+
+
+def test_the_time_a_validation_takes_counts_against_the_budget(tmp_path, monkeypatch):
+    """A validation that outlasts the time budget ends the run at its step: no further step, and
+    no second validation of the step after it (each validation here takes 3 s, the budget 2.4 s)."""
+    import time
+    validate_now = Trainer.validate_now
+
+    def slow_validation(self):
+        time.sleep(3.0)
+        return validate_now(self)
+    monkeypatch.setattr(Trainer, "validate_now", slow_validation)
+    run_dir = tmp_path / "run"
+    summary = Trainer(config(iterations=1000, val_every=2, checkpoint_every=100, time_budget=0.04), run_dir,
+                      progress=False).fit()
+    rows = train_log(run_dir)
+    validated = [r["step"] for r in rows if r["kind"] == "val"]
+    # the first validation (at step 2, or at step 1 should a step outlast the budget) is the last
+    assert len(validated) == 1 and validated[0] == rows[-2]["step"] == summary.steps and summary.stopped_by_budget
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == summary.steps
 
 
 def test_evaluation_is_reproducible(tmp_path):

@@ -42,6 +42,15 @@ def unfold_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return out.reshape(n, cout, ho, wo)
 
 
+def under_functorch_transform() -> bool:
+    """Whether this runs inside a torch.func transform (vmap, grad), whose tensors cannot be NHWC.
+
+    Asked of the transform stack, not of a tensor (`is_functorch_wrapped_tensor`), because
+    torch.compile traces the stack's level but breaks its graph at the tensor query.
+    """
+    return torch._C._functorch.maybe_current_level() is not None
+
+
 class TaskConv2d(nn.Conv2d):
     """`nn.Conv2d` whose `impl` (one of CONV_IMPLS) picks how it computes (`set_conv_impl`).
 
@@ -55,8 +64,7 @@ class TaskConv2d(nn.Conv2d):
         if (self.impl == "unfold" and self.groups == 1 and self.dilation == (1, 1)
                 and self.padding_mode == "zeros" and not isinstance(self.padding, str)):
             return unfold_conv2d(x, self.weight, self.bias, self.stride, self.padding)
-        if (self.impl == "channels-last" and x.dim() == 4
-                and not torch._C._functorch.is_functorch_wrapped_tensor(x)):  # vmap/grad cannot hold NHWC
+        if self.impl == "channels-last" and x.dim() == 4 and not under_functorch_transform():
             nhwc = torch.channels_last
             return self._conv_forward(x.contiguous(memory_format=nhwc), self.weight.contiguous(memory_format=nhwc),
                                       self.bias)

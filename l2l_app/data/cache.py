@@ -23,7 +23,7 @@ from l2l_app.data.types import Dataset, Source, SplitData
 from l2l_app.errors import CheckpointError
 from l2l_app.fileio import atomic_write
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images turned upright by their EXIF orientation
 
 
 def cache_key(dataset: Dataset, source: Source, split: str, split_file: Path) -> str:

@@ -261,6 +261,11 @@ class ClassFolders(Dataset):
         """
         assert isinstance(source, FolderSource)
         contents = {s: [source.contents(s, name) for name in source.assignment[s]] for s in files}
+        for s, per_class in contents.items():
+            for name, (paths, _) in zip(source.assignment[s], per_class):
+                if not paths:
+                    raise DataError(f"class folder {source.class_dirs[s][name]} holds no images (files ending in "
+                                    f"{', '.join(images.IMAGE_EXTENSIONS)}); add images to it or remove it")
         total = sum(len(paths) for per_class in contents.values() for paths, _ in per_class)
         out: Dict[str, SplitData] = {}
         with images.decode_progress(total, f"decoding {self.name} ({', '.join(files)})", progress) as bar:

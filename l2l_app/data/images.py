@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 #: PIL's resampling filter for resizing (part of the cache key)
 RESIZE_FILTER = "LANCZOS"
 #: what counts as an image file in a folder of images (compared lower-case)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def is_hidden(name: str) -> bool:
@@ -218,15 +218,23 @@ def decode(data: bytes, where: str, mode: str, size: int, resize: str = "stretch
     try:
         with Image.open(io.BytesIO(data)) as img:
             return prepare(img, mode, size, resize)
+    except Image.UnidentifiedImageError:  # its message names our BytesIO object, not the file
+        raise DataError(f"cannot decode image {where}: PIL cannot identify it (the file is corrupt or not an "
+                        "image); restore or remove it, or pass --skip-bad-images") from None
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on corrupt files
         raise DataError(f"cannot decode image {where}: {one_line(e)}; the file is corrupt, restore it, "
                         "re-extract the dataset or pass --skip-bad-images") from None
 
 
 def prepare(img: Any, mode: str, size: int, resize: str = "stretch") -> "np.ndarray":
-    """A PIL image of any mode -> uint8 array [size, size] ('L') or [size, size, 3] ('RGB'), as `decode`."""
-    import numpy as np
+    """A PIL image of any mode -> uint8 array [size, size] ('L') or [size, size, 3] ('RGB'), as `decode`.
 
+    Turned upright first by its EXIF orientation tag, as viewers show it (phone photos store the
+    pixels as the sensor read them, sideways, and the turn in that tag)."""
+    import numpy as np
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)
     img = _to_mode(img, mode)
     if img.size != (size, size):
         img = _resize(img, size, resize)

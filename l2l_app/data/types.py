@@ -71,6 +71,10 @@ class SplitData:
             raise DataError(f"too few classes in the {dataset} {split} split ({split_file}): found {len(names)}, "
                             "a few-shot task needs at least 2; fix the split file")
         for x, name in zip(images, names):
+            if x.shape[0] == 0:
+                readable = "readable " if skipped else ""
+                raise DataError(f"class {name} of the {dataset} {split} split has no {readable}images; add images "
+                                f"to it or remove it")
             if x.shape[0] < 2:
                 after = " after skipping unreadable images" if skipped else ""
                 raise DataError(f"too few images for class {name} in the {dataset} {split} split{after}: found "
