@@ -476,6 +476,7 @@ class Trainer:
         start = time.perf_counter() - self.elapsed
         #: (step, metrics as device scalars, lr, seconds) of the steps not yet read (`_read_metrics`)
         self._queued: list = []
+        #: the loss and accuracy of the last step read, and its number (the bar shows them)
         self._last_metrics: Optional[Dict[str, float]] = None
         last_save = time.perf_counter()
         stopped_by_budget = False
@@ -509,9 +510,10 @@ class Trainer:
                 due = (self.step % c.run.checkpoint_every == 0 or finished
                        or (minutes is not None and time.perf_counter() - last_save >= 60 * minutes))
                 # read before anything is validated or saved (stops at a non-finite loss); under torchrun
-                # every step, so that every rank stops at the same one (the metrics are host floats there)
+                # every step, so that every rank stops at the same one (the metrics are host floats there);
+                # on a CPU every step too (no device to wait for), so the bar shows this step's loss
                 if (validate or due or self.on_step is not None or self.step % c.run.log_every == 0
-                        or self.world.distributed):
+                        or self.world.distributed or self.device.type == "cpu"):
                     self._read_metrics()
                 if validate:
                     self._validate_and_keep_best()
@@ -520,8 +522,9 @@ class Trainer:
                         out_of_time = self.world.any(self.elapsed >= budget)
                         due = due or out_of_time
                 last = self._last_metrics
+                read_at = "" if last is None or last["step"] == self.step else f" (step {last['step']})"
                 bar.update(self.step, self.elapsed, {
-                    "loss": "-" if last is None else f"{last['loss']:.3f}",
+                    "loss": "-" if last is None else f"{last['loss']:.3f}{read_at}",
                     "acc": "-" if last is None else f"{last['accuracy']:.1f}%",
                     "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
                 near = None if forecast is None else forecast.check(self.step, self.elapsed)
@@ -596,7 +599,7 @@ class Trainer:
                     f"(lower --meta-lr/--inner-lr, or pass --skip-nonfinite to skip such steps)")
             self._log({"kind": "train", "step": step, "loss": loss, "accuracy": accuracy, "lr": float(lr),
                        "time": seconds})
-            self._last_metrics = {"loss": loss, "accuracy": accuracy}
+            self._last_metrics = {"loss": loss, "accuracy": accuracy, "step": step}
             if self.on_step is not None:
                 self.on_step(step, {"loss": loss, "accuracy": accuracy / 100.0})
 

@@ -170,6 +170,23 @@ def test_the_time_a_validation_takes_counts_against_the_budget(tmp_path, monkeyp
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == summary.steps
 
 
+def test_the_bar_shows_each_steps_own_loss_on_a_cpu(tmp_path, monkeypatch):
+    """Reading a step's metrics costs nothing on a CPU, so the bar's loss is the step's own, not one
+    --log-every steps old (on a GPU it says which step it is from: see `Trainer.fit`)."""
+    from l2l_app import trainer as trainer_module
+    shown = []
+    update = trainer_module.Progress.update
+
+    def recording(self, step, elapsed, stats=None):
+        shown.append((step, dict(stats or {})))
+        return update(self, step, elapsed, stats)
+    monkeypatch.setattr(trainer_module.Progress, "update", recording)
+    Trainer(config(iterations=6, log_every=100, checkpoint_every=100, val_every=100), tmp_path / "run",
+            progress=False).fit()
+    losses = {row["step"]: f"{row['loss']:.3f}" for row in train_log(tmp_path / "run") if row["kind"] == "train"}
+    assert [(step, stats["loss"]) for step, stats in shown if "loss" in stats] == list(losses.items())
+
+
 def test_evaluation_is_reproducible(tmp_path):
     """The same run, checkpoint and episode seed give the same accuracies, episode for episode
     (learning itself: tests/test_every_algorithm.py::test_quick_settings_learn)."""
