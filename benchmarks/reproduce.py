@@ -61,7 +61,8 @@ def command(*args: str) -> List[str]:
 
 def train_args(recipe: str, minutes: float, run_dir: Path, more: Sequence[str] = ()) -> List[str]:
     extra = REPRODUCTIONS[recipe].extra
-    return ["train", "--recipe", recipe, *extra, *more, "--time-budget", f"{minutes:g}", *COMMON, "--out", str(run_dir)]
+    # `more` last but --out: a --train-arg overrides COMMON (a dry run's --val-episodes)
+    return ["train", "--recipe", recipe, *extra, "--time-budget", f"{minutes:g}", *COMMON, *more, "--out", str(run_dir)]
 
 
 def evaluate(recipe: str, run_dir: Path, minutes: float, together: List[str], gpu: str,
