@@ -10,6 +10,7 @@ NaN (or, under torchrun, by a rank that died) exits 1; one stopped by SIGINT/SIG
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -20,7 +21,7 @@ from .config import (ALGO_ALIASES, APPLIES_TO, BOOL_FLAGS, DEFAULTS, ENGINES, FI
                      SPLITS, algorithm_setting, flag, is_algorithm_setting, limit_error, not_one_of)
 from .backbones import CONV_IMPLS
 from .data.types import DATA_OPTIONS, RESIZE_POLICIES
-from .errors import L2LAppError
+from .errors import ConfigError, L2LAppError
 from .bench.harness import IMPLS
 from .export import FORMATS as EXPORT_FORMATS
 from .registry import ALGORITHMS, BACKBONES, DATASETS
@@ -281,19 +282,28 @@ class OneLineErrors(click.Group):
             _error("interrupted")
             sys.exit(130)
         except click.UsageError as exc:
-            _error(exc.format_message())
+            _error(exc.format_message(), every_rank_says_it=True)
             sys.exit(2)
         except ExitWith as exc:
-            _error(str(exc))
+            _error(str(exc), every_rank_says_it=True)
             sys.exit(exc.code)
+        except ConfigError as exc:
+            _error(str(exc), every_rank_says_it=True)
+            sys.exit(2)
         except L2LAppError as exc:
             _error(str(exc))
             sys.exit(2)
 
 
-def _error(message: str) -> None:
-    """`error: MESSAGE` on stderr, always on one line."""
-    click.echo("error: " + " ".join(message.split()), err=True)
+def _error(message: str, every_rank_says_it: bool = False) -> None:
+    """`error: MESSAGE` on stderr, always on one line.  Under torchrun an error every rank meets
+    alike (a refused command line, a stop or a failure of the whole job) is printed by rank 0 alone;
+    another rank's own error (its node's data, say) is printed with its rank."""
+    rank = os.environ.get("RANK", "0")  # torchrun's; read here without importing torch
+    if rank != "0" and every_rank_says_it:
+        return
+    prefix = f"[rank {rank}] " if rank != "0" else ""
+    click.echo("error: " + prefix + " ".join(message.split()), err=True)
 
 
 class ExitWith(Exception):
@@ -346,6 +356,9 @@ def train(recipe: Optional[str], config_file: Optional[Path], out: Optional[Path
         if recipe or config_file:
             raise click.UsageError("--resume continues a run with its own config.json; drop "
                                    + ("--recipe" if recipe else "--config"))
+        if overwrite:
+            raise click.UsageError("--resume continues the run and --overwrite replaces it: to start it again, "
+                                   "pass --out RUN_DIR --overwrite instead of --resume")
         config, run_dir = resume_config(resume, given), Path(resume)
     else:
         if out is None:
@@ -456,8 +469,9 @@ def recipes(as_json) -> None:
 @click.option("--hidden", type=int, default=64, show_default=True, help="filters per conv layer")
 @click.option("--backbone", type=Choices(BACKBONES.names()), default="conv4", show_default=True)
 @click.option("--impl", "impls", default="loop,torchmeta,batched,batched-compiled", show_default=True,
-              help="comma-separated: " + " | ".join(IMPLS) + " (captured: the meta-gradient as one CUDA graph; "
-                   "captured-step: the whole training step, end to end only)")
+              help="comma-separated: " + " | ".join(IMPLS) + " (cudagraphs: torch.compile's reduce-overhead mode; "
+                   "captured: the meta-gradient as one CUDA graph, an eager stand-in on a CPU; captured-step: the "
+                   "whole training step, end to end only)")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option("--warmup", type=int, default=None, help="untimed calls after the first (default 2 on CPU, 5 on GPU)")
 @click.option("--repeats", type=int, default=None, help="timed calls (default 5 on CPU, 30 on GPU)")

@@ -101,7 +101,8 @@ LIMITS: Dict[str, Limit] = {
     "lr_decay": Limit(0.0, 1.0, integer=False, open_low=True, why="a factor above 1 would grow the rate"),
     "max_memory": Limit(0.0, 2.0**20, integer=False, open_low=True, why="1 PiB, more than any device has"),
     "checkpoint_minutes": _MINUTES,
-    "time_budget": _MINUTES,
+    # 0 would end a run at its first step: refused (leave the option out for no budget)
+    "time_budget": Limit(0.0, 525_600.0, integer=False, open_low=True, why="a year"),
     # images are decoded to image_size x image_size; Conv4 needs at least 16 (four halvings)
     "image_size": Limit(1, 1024, why="a 1024x1024 image is 4x what few-shot backbones see"),
     "channels": Limit(1, 3, why="1 (grey) or 3 (RGB)"),

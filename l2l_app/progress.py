@@ -39,6 +39,9 @@ class Progress:
         self.clock = clock
         self._first = (done, elapsed)  # rate is measured over this process's own units
         self._done, self._elapsed, self._fields = done, elapsed, {}
+        #: seconds of `elapsed` (this process's) spent on other work than units, and the seconds of such
+        #: work still to come (a trainer's validations): out of the pace, added to the ETA
+        self._paused, self._pauses_ahead = 0.0, 0.0
         self._start = clock() - elapsed  # for `advance`, which times the work itself
         self._last_draw = -1.0
         self._next_line = done + 1  # plain-line mode: the first unit (the pace, an ETA), then every log_every
@@ -57,8 +60,8 @@ class Progress:
         done0, elapsed0 = self._first
         candidates = []
         if self._done > done0 and self._elapsed > elapsed0:
-            rate = (self._elapsed - elapsed0) / (self._done - done0)
-            candidates.append((max(0.0, (self.total - self._done) * rate), f"{self.unit}s"))
+            rate = max(0.0, self._elapsed - elapsed0 - self._paused) / (self._done - done0)
+            candidates.append((max(0.0, (self.total - self._done) * rate) + self._pauses_ahead, f"{self.unit}s"))
         if self.budget:
             candidates.append((max(0.0, self.budget - self._elapsed), "time budget"))
         if not candidates:
@@ -73,8 +76,16 @@ class Progress:
                 f"{format_seconds(self._elapsed)} elapsed  {eta_text}" + (f"  {extras}" if extras else ""))
 
     # -- updates ---------------------------------------------------------------------------
-    def update(self, done: int, elapsed: float, fields: Optional[Dict[str, str]] = None) -> None:
+    def update(self, done: int, elapsed: float, fields: Optional[Dict[str, str]] = None,
+               paused: Optional[float] = None, pauses_ahead: Optional[float] = None) -> None:
+        """`done` units after `elapsed` seconds; `paused`: seconds of this process's `elapsed` spent on
+        other work (left out of the per-unit pace), `pauses_ahead`: the seconds of such work still to
+        come (added to the ETA of the units)."""
         self._done, self._elapsed = done, elapsed
+        if paused is not None:
+            self._paused = paused
+        if pauses_ahead is not None:
+            self._pauses_ahead = pauses_ahead
         if fields is not None:
             self._fields = fields
         if not self.enabled:

@@ -478,6 +478,8 @@ class Trainer:
         self._queued: list = []
         #: the loss and accuracy of the last step read, and its number (the bar shows them)
         self._last_metrics: Optional[Dict[str, float]] = None
+        #: this process's validations and the seconds they took (the bar's ETA counts the ones to come)
+        self.validations, self.validation_seconds = 0, 0.0
         last_save = time.perf_counter()
         stopped_by_budget = False
         budget = None if c.run.time_budget is None else 60 * c.run.time_budget
@@ -488,6 +490,7 @@ class Trainer:
         try:
             if self.validation_pending:  # a signal stopped this step's validation: it runs first
                 self._validate_and_keep_best()
+                self.elapsed = time.perf_counter() - start
                 self._save_or_stop(due=True)
                 last_save = time.perf_counter()
                 stopped_by_budget = budget is not None and self.elapsed >= budget
@@ -517,8 +520,8 @@ class Trainer:
                     self._read_metrics()
                 if validate:
                     self._validate_and_keep_best()
-                    if budget is not None and not out_of_time:  # the validation's time is the run's too
-                        self.elapsed = time.perf_counter() - start
+                    self.elapsed = time.perf_counter() - start  # the validation's time is the run's too
+                    if budget is not None and not out_of_time:
                         out_of_time = self.world.any(self.elapsed >= budget)
                         due = due or out_of_time
                 last = self._last_metrics
@@ -526,7 +529,8 @@ class Trainer:
                 bar.update(self.step, self.elapsed, {
                     "loss": "-" if last is None else f"{last['loss']:.3f}{read_at}",
                     "acc": "-" if last is None else f"{last['accuracy']:.1f}%",
-                    "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"})
+                    "best val": "-" if self.best_val is None else f"{self.best_val:.2f}%"},
+                    paused=self.validation_seconds, pauses_ahead=self._validation_seconds_ahead())
                 near = None if forecast is None else forecast.check(self.step, self.elapsed)
                 if near is not None:
                     bar.note(f"note: at this pace the time budget ends the run near step {near} of "
@@ -603,13 +607,27 @@ class Trainer:
             if self.on_step is not None:
                 self.on_step(step, {"loss": loss, "accuracy": accuracy / 100.0})
 
+    def _validation_seconds_ahead(self) -> float:
+        """The validations still to come before --iterations (every --val-every steps, and one at the
+        end), times the mean of this process's so far (0 before the first: not known yet)."""
+        c = self.config
+        if not self.validations or self.step >= c.optim.iterations:
+            return 0.0
+        ahead = c.optim.iterations // c.run.val_every - self.step // c.run.val_every
+        ahead += 1 if c.optim.iterations % c.run.val_every else 0
+        return ahead * self.validation_seconds / self.validations
+
     def _validate_and_keep_best(self) -> None:
         self.world.check_parameters(self.learner.meta_parameters(), self.step)  # torchrun: ranks still agree
+        began = time.perf_counter()
         try:
             result = self.validate_now()
         except EvaluationStopped:
             self.validation_pending = True  # saved with the checkpoint the signal asks for
             return
+        finally:
+            self.validation_seconds += time.perf_counter() - began
+        self.validations += 1
         self.validation_pending = False
         self._log({"kind": "val", "step": self.step, "val_accuracy": result.mean,
                    "val_ci95": result.ci95, "time": round(self.elapsed, 3)})

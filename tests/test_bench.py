@@ -140,6 +140,10 @@ def test_bench_protonet_skips_torchmeta_and_sweep_plots(tmp_path):
     assert tm["status"] == "skipped" and "not applicable" in tm["note"]
     assert [r["value"] for r in report["sweeps"]["meta-batch"] if r["impl"] == "loop"] == [1, 2]
     assert (out / "sweep-meta-batch.png").read_bytes()[:4] == b"\x89PNG"
+    # a bench without the sweep in the same folder leaves no plot of the earlier one beside its bench.md
+    result = CliRunner().invoke(cli, [a for a in args if a not in ("--sweep", "meta-batch=1,2")])
+    assert result.exit_code == 0, result.output
+    assert not (out / "sweep-meta-batch.png").exists()
 
 
 def test_plot_sweep_alone(tmp_path):
@@ -153,6 +157,21 @@ def test_plot_sweep_alone(tmp_path):
 def test_bench_bad_impl_is_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["bench", "--synthetic", "--impl", "loop,torchmet", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "torchmet" in result.output and "choose from" in result.output
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--algo", "protonet", "--sweep", "inner-steps=1,2"], "--inner-steps not used by --algo protonet"),
+    (["--algo", "protonet", "--impl", "torchmeta"], "nothing to time: torchmeta: not applicable"),
+    (["--impl", "batched-captured-step"], "nothing to time: batched-captured-step times the whole training step "
+                                          "(add --with-sampler)"),
+], ids=["sweep the algorithm lacks", "no impl applies", "whole step without the sampler"])
+def test_bench_refuses_before_timing_or_writing(tmp_path, extra, message):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(cli, ["bench", "--synthetic", "--device", "cpu", "--hidden", "4", "--queries", "2",
+                                      "--meta-batch", "2", "--warmup", "0", "--repeats", "1", "--out", str(out),
+                                      *extra])
+    assert result.exit_code == 2 and message in result.stderr, result.output
+    assert "[bench]" not in result.output and not out.exists()
 
 
 def test_bench_times_the_captured_whole_step_end_to_end(tmp_path, no_compile):
@@ -170,5 +189,6 @@ def test_bench_times_the_captured_whole_step_end_to_end(tmp_path, no_compile):
     assert rows[("batched-captured-step", "compute only")]["status"] == "skipped"
     step = rows[("batched-captured-step", "end to end")]
     assert step["status"] == "ok" and step["captured"] is True and step["sampler"] == "tensor", step
+    assert "no CUDA graph on a CPU" in step["note"]
     assert step["grad_rel_l2_vs_loop"] < 1e-3
     assert report["settings"]["conv_impl"] == "unfold" and report["cudnn_benchmark"] is False

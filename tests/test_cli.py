@@ -85,6 +85,32 @@ def test_resume_needs_a_run_dir(tmp_path):
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_resume_and_overwrite_together_are_refused(tmp_path):
+    """--overwrite asks for a fresh run, --resume for the old one continued: neither is guessed."""
+    assert_one_line_error(run("train", "--resume", tmp_path, "--overwrite"), "--resume continues the run",
+                          "--out RUN_DIR --overwrite instead of --resume")
+
+
+def test_a_time_budget_of_zero_is_refused(tmp_path):
+    assert_one_line_error(run("train", "--time-budget", "0", "--out", tmp_path / "run"), "--time-budget",
+                          "positive number")
+    assert not (tmp_path / "run").exists()
+
+
+def test_under_torchrun_rank_0_alone_prints_what_every_rank_meets(tmp_path, monkeypatch):
+    """A refused command line is refused by every rank alike: one line from rank 0, the same exit
+    code from every rank; a rank's own data error is printed by it, with its rank."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, expected in (("0", "error: --ways must be >= 2, got 1"), ("1", "")):
+        monkeypatch.setenv("RANK", rank)
+        result = run("train", "--ways", "1", "--out", tmp_path / "run")
+        assert result.exit_code == 2 and result.stderr.strip().startswith(expected), result.stderr
+        assert bool(result.stderr) == (rank == "0")
+    monkeypatch.setenv("RANK", "1")
+    result = run("data", "check", "--dataset", "folder", "--data-root", tmp_path, "--quiet")
+    assert result.exit_code == 2 and result.stderr.startswith("error: [rank 1] no class folders under")
+
+
 def test_eval_needs_a_run_dir(tmp_path):
     assert_one_line_error(run("eval", "--run", tmp_path), "not a run directory")
     assert_one_line_error(run("eval", tmp_path / "nowhere"), "nowhere does not exist", "--out directory")

@@ -39,7 +39,7 @@ TRAIN_CONTEXT = {
     "--ways": [], "--shots": [], "--queries": [], "--train-ways": [], "--train-shots": [], "--train-queries": [],
     "--hidden": [], "--inner-lr": MAML, "--inner-steps": MAML, "--test-inner-steps": MAML,
     "--inner-batch": REPTILE, "--meta-lr": [], "--meta-lr-final": REPTILE, "--meta-batch": [],
-    "--iterations": ["--time-budget", "0"],  # any number of iterations stops after one step
+    "--iterations": ["--time-budget", "1e-9"],  # any number of iterations stops after one step
     "--grad-clip": [], "--lr-decay-every": [], "--lr-decay": ["--lr-decay-every", "1"], "--seed": [],
     "--chunk-size": BATCHED, "--max-memory": BATCHED, "--val-every": [], "--val-episodes": [],
     "--checkpoint-every": [], "--checkpoint-minutes": [], "--time-budget": [], "--log-every": [],

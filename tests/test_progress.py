@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from l2l_app.progress import Progress, format_seconds
 
 
@@ -122,3 +124,13 @@ def test_quiet_work_shows_nothing_until_it_has_run_quiet_seconds():
         assert term.getvalue() == ""
         p.update(100, 6.0)
     assert "episode 100/200" in term.getvalue() and term.getvalue().endswith("\n")
+
+
+def test_time_spent_on_other_work_is_out_of_the_pace_and_the_work_ahead_is_in_the_eta():
+    """A trainer's validations: 10 steps took 10 s of which 6 s validated (0.4 s a step); 90 steps
+    ahead take 36 s, plus the 12 s of validations still to come."""
+    bar = Progress("train", total=100, enabled=False)
+    bar.update(10, 10.0, paused=6.0, pauses_ahead=12.0)
+    assert bar.eta() == (pytest.approx(90 * 0.4 + 12.0), "steps")
+    bar.update(20, 14.0)  # the pauses as last given: 8 s of steps for 20 steps
+    assert bar.eta() == (pytest.approx(80 * 0.4 + 12.0), "steps")

@@ -177,14 +177,35 @@ def test_the_bar_shows_each_steps_own_loss_on_a_cpu(tmp_path, monkeypatch):
     shown = []
     update = trainer_module.Progress.update
 
-    def recording(self, step, elapsed, stats=None):
+    def recording(self, step, elapsed, stats=None, **pauses):
         shown.append((step, dict(stats or {})))
-        return update(self, step, elapsed, stats)
+        return update(self, step, elapsed, stats, **pauses)
     monkeypatch.setattr(trainer_module.Progress, "update", recording)
     Trainer(config(iterations=6, log_every=100, checkpoint_every=100, val_every=100), tmp_path / "run",
             progress=False).fit()
     losses = {row["step"]: f"{row['loss']:.3f}" for row in train_log(tmp_path / "run") if row["kind"] == "train"}
     assert [(step, stats["loss"]) for step, stats in shown if "loss" in stats] == list(losses.items())
+
+
+def test_the_eta_counts_the_validations_to_come(tmp_path, monkeypatch):
+    """Validations (at steps 2 and 4, and at the end, 5) are left out of the bar's per-step pace and
+    their mean time is added once for each still to come."""
+    from l2l_app import trainer as trainer_module
+    seen = {}
+    update = trainer_module.Progress.update
+
+    def recording(self, step, elapsed, fields=None, paused=None, pauses_ahead=None):
+        if paused is not None:
+            seen[step] = (paused, pauses_ahead)
+        return update(self, step, elapsed, fields, paused, pauses_ahead)
+    monkeypatch.setattr(trainer_module.Progress, "update", recording)
+    Trainer(config(iterations=5, val_every=2, checkpoint_every=100), tmp_path / "run", progress=False).fit()
+    assert seen[1] == (0.0, 0.0)  # no validation measured yet
+    one = seen[2][0]
+    assert one > 0 and seen[2][1] == pytest.approx(2 * one) and seen[3] == seen[2]  # steps 4 and 5 to come
+    two = seen[4][0]
+    assert two > one and seen[4][1] == pytest.approx(two / 2)  # step 5's to come
+    assert seen[5][1] == 0.0
 
 
 def test_evaluation_is_reproducible(tmp_path):

@@ -424,6 +424,8 @@ class Bench:
                     out["captured"] = getattr(meta_gradient, "captured", False)
                 if impl in WHOLE_STEP:
                     out["captured"] = fn.captured
+                if out.get("captured") and self.device.type != "cuda":
+                    out["note"] = "no CUDA graph on a CPU: the step's eager stand-in (the capture protocol, replayed eagerly)"
         except Exception as exc:
             out.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             self.progress(f"[bench] {label}{impl:<17} error: {out['note']}")
@@ -465,12 +467,16 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; choose a directory")
     bench = Bench(s, progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
     impls = list(s.impls)
     if "loop" in impls:  # the loop is the reference for gradients and speed-ups: measure it first
         impls.remove("loop")
         impls.insert(0, "loop")
     modes = [False, True] if s.with_sampler else [False]
+    # every refusal before anything is timed or written: the sweeps' settings, and a bench with nothing to time
+    sweep_configs = {name: [(v, experiment_config(s, **{SWEEPABLE[name]: v})) for v in values]
+                     for name, values in s.sweeps.items()}
+    check_something_runs(bench, impls, modes)
+    out_dir.mkdir(parents=True, exist_ok=True)
     results: List[Dict[str, Any]] = []
     for end_to_end in modes:
         reference = None
@@ -482,10 +488,9 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
             _write_partial(out_dir, results)
         _finish(results)
     sweeps: Dict[str, List[Dict[str, Any]]] = {}
-    for name, values in s.sweeps.items():
+    for name, configs in sweep_configs.items():
         rows: List[Dict[str, Any]] = []
-        for v in values:
-            config = experiment_config(s, **{SWEEPABLE[name]: v})
+        for v, config in configs:
             reference = None
             for impl in impls:
                 r = bench.measure(impl, config, False, reference, label=f"{name}={v} ")
@@ -529,11 +534,30 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
     from ..report import bench_markdown
     (out_dir / "bench.json").write_text(_json(report))
     plots = [plot_sweep(name, rows, out_dir / f"sweep-{name}.png") for name, rows in sweeps.items()]
+    for old_plot in set(out_dir.glob("sweep-*.png")) - set(plots):  # an earlier bench's, in this folder
+        old_plot.unlink()
     report["plots"] = [p.name for p in plots]
     (out_dir / "bench.json").write_text(_json(report))
     (out_dir / "bench.md").write_text(bench_markdown(report))
     (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return report
+
+
+def check_something_runs(bench: Bench, impls: List[str], modes: List[bool]) -> None:
+    """ConfigError, before anything is timed, when no impl applies in any mode (each would be skipped)."""
+    reasons = []
+    for impl in impls:
+        if all(impl in WHOLE_STEP and not end_to_end for end_to_end in modes):
+            reasons.append(f"{impl} times the whole training step (add --with-sampler)")
+            continue
+        try:
+            learner, skip = build_impl(impl, bench.config, bench.model)
+        except Exception as exc:  # noqa: BLE001 - reported as a reason
+            learner, skip = None, f"{type(exc).__name__}: {exc}"
+        if learner is not None:
+            return
+        reasons.append(f"{impl}: {skip}")
+    raise ConfigError(f"nothing to time: {'; '.join(reasons)}; choose other --impl values")
 
 
 def _write_partial(out_dir: Path, results: List[Dict[str, Any]]) -> None:
