@@ -204,9 +204,15 @@ class Experiment:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=None))
         x = cls.build(config, device=device, engine=engine, sampler=sampler, preprocessing=preprocessing)
         path = checkpoint_path(run_dir, checkpoint)
-        if checkpoint == "best" and not path.is_file() and checkpoint_path(run_dir, "last").is_file():
-            raise CheckpointError(f"run {run_dir} has no best checkpoint: it stopped before its first validation; "
-                                  f"pass --checkpoint last, or resume it (`l2l-app train --resume {run_dir}`)")
+        if not path.is_file():
+            if not any(checkpoint_path(run_dir, name).is_file() for name in ("best", "last")):
+                raise CheckpointError(f"run {run_dir} has no checkpoint: it was stopped before its first; train it "
+                                      f"again (`l2l-app train --out {run_dir} --overwrite` with its settings)")
+            if checkpoint == "best":
+                raise CheckpointError(f"run {run_dir} has no best checkpoint: it stopped before its first "
+                                      f"validation; pass --checkpoint last, or resume it "
+                                      f"(`l2l-app train --resume {run_dir}`)")
+            raise CheckpointError(f"run {run_dir} has no last checkpoint: {path} not found; pass --checkpoint best")
         digest = file_sha256(path) if path.is_file() else None
         state = load_checkpoint(path, map_location=x.device)
         x.learner.load_state_dict(learner_state(state))
@@ -249,6 +255,11 @@ class Experiment:
             how += ["torch.compile" if c.compile else "eager kernels", graph]
         if c.cudnn_benchmark and self.device.type == "cuda":
             how.append("cuDNN autotuned")
+        if c.tf32 and self.device.type == "cuda":
+            how.append("TF32 convolutions and matrix products")
+        idle = [flag for flag, on in (("--tf32", c.tf32), ("--cudnn-benchmark", c.cudnn_benchmark)) if on]
+        if idle and self.device.type != "cuda":
+            how.append(f"{' and '.join(idle)} asked for but without effect on {self.device}")
         if c.conv_impl != "native":
             how.append(f"{c.conv_impl} convolutions")
         why = []

@@ -223,9 +223,14 @@ def comparison_blocks(rec: RunRecord, comp: Comparison) -> List[Block]:
     blocks.append(Para(f"**Protocol differs in {len(comp.differences)} setting(s)**{caveat}:"))
     blocks.append(Table(["setting", "this run", "recipe", "this run's value from"],
                         [[f"`{flag(d.setting)}`", fmt_value(d.ours), fmt_value(d.theirs),
-                          "the compared evaluation" if d.source == "evaluation" else CONFIG_FILE]
+                          DIFFERENCE_SOURCES.get(d.source, CONFIG_FILE)]
                          for d in comp.differences]))
     return blocks
+
+
+#: where a run's value of a differing setting comes from, as the report says it
+DIFFERENCE_SOURCES = {"evaluation": "the compared evaluation", "config": CONFIG_FILE,
+                      "metrics": "the steps it trained (metrics.jsonl)"}
 
 
 def _run_info_line(rec: RunRecord) -> Optional[str]:

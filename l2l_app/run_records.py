@@ -63,7 +63,9 @@ class Difference:
     setting: str
     ours: Any
     theirs: Any
-    source: str  # 'evaluation' (the compared evaluation's protocol) | 'config' (the run's config.json)
+    #: 'evaluation' (the compared evaluation's protocol) | 'config' (the run's config.json) | 'metrics'
+    #: (the steps metrics.jsonl logs: a run the time budget or a stop ended before its --iterations)
+    source: str
 
 
 @dataclass
@@ -193,8 +195,10 @@ def protocol_differences(config: ExperimentConfig, recipe: Recipe,
 
 
 def compare(run_dir: Path, config: ExperimentConfig, evaluations: Sequence[Evaluation], recipe: Recipe,
-            role: str) -> Comparison:
-    """The run against `recipe`: the matching evaluation and every setting that differs."""
+            role: str, trained_steps: Optional[int] = None) -> Comparison:
+    """The run against `recipe`: the matching evaluation and every setting that differs; a run that
+    trained fewer steps than the recipe's iterations (`trained_steps`, from its metrics) differs in
+    them even where its config asked for as many (a time budget or a stop ended it)."""
     evaluation = pick_evaluation(evaluations, recipe, config)
     missing = ""
     if evaluation is None:
@@ -203,7 +207,12 @@ def compare(run_dir: Path, config: ExperimentConfig, evaluations: Sequence[Evalu
                                          "episodes": config.eval.episodes, "episode_seed": config.eval.eval_seed})
         missing = (f"no test evaluation at {want['ways']}-way {want['shots']}-shot, so no accuracy is compared; "
                    f"evaluate with `{command}`")
-    return Comparison(recipe, role, evaluation, protocol_differences(config, recipe, evaluation), missing)
+    differences = protocol_differences(config, recipe, evaluation)
+    wanted = recipe.settings.get("iterations")
+    if (trained_steps is not None and wanted is not None and trained_steps < wanted
+            and not any(d.setting == "iterations" for d in differences)):
+        differences.append(Difference("iterations", trained_steps, wanted, "metrics"))
+    return Comparison(recipe, role, evaluation, differences, missing)
 
 
 def load_run_record(run_dir: Path | str) -> RunRecord:
@@ -226,7 +235,8 @@ def load_run_record(run_dir: Path | str) -> RunRecord:
     train, val = read_metrics(run_dir / METRICS_FILE, scale)
     evaluations = list_evaluations(run_dir)
     references, recipe_notes = reference_recipes(config)
-    comparisons = [compare(run_dir, config, evaluations, recipe, role) for recipe, role in references]
+    steps = int(train[-1]["step"]) if train else 0
+    comparisons = [compare(run_dir, config, evaluations, recipe, role, steps) for recipe, role in references]
     return RunRecord(run_dir, run_dir.resolve().name, config, train, val, evaluations, run_info, comparisons,
                      notes + recipe_notes)
 

@@ -34,7 +34,11 @@ def test_conv_impl_and_cudnn_benchmark_reach_the_model_and_torch(cudnn_benchmark
     assert len(convs) == 4 and all(m.impl == "unfold" for m in convs)
     assert torch.backends.cudnn.benchmark is True
     assert "unfold convolutions" in x.describe_execution()
+    assert "--cudnn-benchmark asked for but without effect on cpu" in x.describe_execution()  # run.json's word
+    tf32 = Experiment.build(config(algo="maml", tf32=True), device="cpu").describe_execution()
+    assert "--tf32 asked for but without effect on cpu" in tf32 and "TF32 convolutions" not in tf32
     plain = Experiment.build(config(algo="maml"), device="cpu")
+    assert "without effect" not in plain.describe_execution()
     assert all(m.impl == "native" for m in plain.model.modules() if isinstance(m, TaskConv2d))
     assert torch.backends.cudnn.benchmark is False
 

@@ -192,6 +192,21 @@ def test_maml_differences_come_from_training_and_evaluation(maml, report):
     assert "| `--test-inner-steps` | 1 | 3 | the compared evaluation |" in section(report["md"], "maml")
 
 
+def test_a_run_cut_short_differs_in_the_steps_it_trained(maml, tmp_path):
+    """A run that asked for the recipe's 60000 iterations but trained 2 (a time budget ended it)
+    differs from the recipe in them: the report says so, from its metrics, not from its config."""
+    run = tmp_path / "maml"
+    shutil.copytree(maml, run)
+    config = json.loads((run / "config.json").read_text())
+    config["optim"]["iterations"] = 60000
+    (run / "config.json").write_text(json.dumps(config))
+    comparison, = load_run_record(run).comparisons
+    found = {d.setting: (d.ours, d.theirs, d.source) for d in comparison.differences}
+    assert found["iterations"] == (2, 60000, "metrics")
+    md = Path(build_report([run], tmp_path / "report")["md"]).read_text()
+    assert "| `--iterations` | 2 | 60000 | the steps it trained (metrics.jsonl) |" in md
+
+
 # ------------------------------------------------------------------------------ configuration
 def test_config_table_shows_resolved_values_and_never_none(protonet, maml, report):
     assert "None" not in report["md"] and "None" not in report["html"]

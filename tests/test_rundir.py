@@ -393,6 +393,13 @@ def test_a_run_stopped_before_its_first_validation_points_to_its_last_checkpoint
     assert one_line_error(code, err) == expected and not (tmp_path / "model.pt").exists()
     code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet", "--checkpoint", "last")
     assert code == 0, err
+    last = run / "checkpoints" / "last.pt"
+    kept = last.read_bytes()
+    last.unlink()  # and none at all: a run killed before its first checkpoint
+    code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet")
+    assert one_line_error(code, err) == (f"error: run {run} has no checkpoint: it was stopped before its first; "
+                                         f"train it again (`l2l-app train --out {run} --overwrite` with its settings)")
+    last.write_bytes(kept)
     (run / "eval-test-last-5w1s2q-2ep-seed1234.json").unlink()
     code, _, err = run_cli("report", run, "--out", tmp_path / "report")
     assert code == 0, err
