@@ -368,10 +368,17 @@ def html_report(blocks: Sequence[Block]) -> str:
 
 def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str) -> Dict[str, Path]:
     """Write report.md, report.html and learning_curves.png into `out_dir`; returns their paths."""
-    records = load_run_records(run_dirs)
+    distinct: Dict[Path, Path | str] = {}  # a run named twice (in any form) is reported once
+    for d in run_dirs:
+        distinct.setdefault(Path(d).resolve(), d)
+    records = load_run_records(list(distinct.values()))
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; choose a directory")
+    for rec in records:
+        if out_dir.resolve() == rec.path.resolve() or rec.path.resolve() in out_dir.resolve().parents:
+            raise ConfigError(f"--out {out_dir} is inside the run {rec.path}; choose a folder outside it, "
+                              f"e.g. {rec.path.resolve().parent / 'report'}")
     out_dir.mkdir(parents=True, exist_ok=True)
     curves = plot_learning_curves(records, out_dir / CURVES_PNG)
     blocks = report_blocks(records, curves)
@@ -400,8 +407,11 @@ def bench_markdown(report: Dict[str, Any]) -> str:
     s = report["settings"]
     env = report["environment"]
     steps = f", {s['inner_steps']} inner step(s)" if s.get("inner_steps") is not None else ""
+    queries = f"{s['queries']} quer{'y' if s['queries'] == 1 else 'ies'}"
+    network = f"; {s['backbone']}, {s['hidden']} filters" if s.get("backbone") else ""
+    recipe = f" (recipe `{s['recipe']}`: its training step; flags given override it)" if s.get("recipe") else ""
     lines = [f"## l2l-app bench: {s.get('label') or s['algo']} {s['dataset']} {s['ways']}-way {s['shots']}-shot, "
-             f"{s['queries']} queries, meta-batch {s['meta_batch']}{steps}", "",
+             f"{queries}, meta-batch {s['meta_batch']}{steps}{network}{recipe}", "",
              f"Device: `{report['device']}` ({report['device_name']}); torch {env['torch']}, learn2learn "
              f"{env['learn2learn']}, Python {env['python']}, {env['torch_threads']} torch threads; "
              f"TF32 {'on' if report['tf32']['requested'] else 'off'}"

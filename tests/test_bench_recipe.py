@@ -27,6 +27,8 @@ def test_the_workload_is_the_recipes_training_step(tmp_path, recipe):
         (trained.train_ways, trained.train_shots, trained.train_queries)  # the training shape, not eval's
     for name in trained.spec.setting_names():
         assert settings[name] == getattr(trained.algorithm, name), name
+    header = (tmp_path / "bench.md").read_text().splitlines()[0]  # what was timed, said where it is read
+    assert f"; {trained.model.backbone}, 8 filters (recipe `{recipe}`: its training step" in header
 
 
 def test_an_algorithm_setting_given_overrides_the_recipe(tmp_path):

@@ -240,7 +240,7 @@ def test_a_runs_config_json_reproduces_it(synthetic_data_root, tmp_path, algo_ar
     (["--iterations", 2**31], ["--iterations must be <= 2147483647"]),
     (["--meta-lr", "nan"], ["--meta-lr must be a positive number"]),
     (["--meta-lr", "1e39"], ["--meta-lr must be a positive number up to 3.40282e+38"]),
-    (["--time-budget", "inf"], ["--time-budget must be a non-negative number"]),
+    (["--time-budget", "inf"], ["--time-budget must be a positive number"]),
     (["--lr-decay-every", 2, "--lr-decay", "1.5"], ["--lr-decay must be a positive number up to 1"]),
     (["--log-every", 0], ["--log-every must be >= 1"]),
 ])

@@ -283,6 +283,14 @@ def test_older_run_fractions_and_unverified_evaluation(maml, tmp_path):
 
 
 # ------------------------------------------------------------------------------ errors and CLI
+def test_a_run_named_twice_is_reported_once_and_out_stays_outside_the_runs(maml, tmp_path):
+    paths = build_report([maml, Path(str(maml) + "/")], tmp_path / "report")
+    assert Path(paths["md"]).read_text().count("## maml") == 1
+    with pytest.raises(ConfigError, match=f"--out {maml / 'report'} is inside the run {maml}"):
+        build_report([maml], maml / "report")
+    assert not (maml / "report").exists()
+
+
 def test_non_run_dir_is_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="not a run directory"):
