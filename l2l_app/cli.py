@@ -526,8 +526,8 @@ def bench(out, impls, sweeps, recipe, algo, **settings) -> None:
 
 #: the train options `l2l-app data check` takes: how the data is read, and the episode shapes
 DATA_CHECK_SETTINGS = ("dataset", "data_root", "skip_bad_images", "image_size", "channels", "resize", "split_file",
-                       "split_seed", "split_ratios", "label_column", "ways", "shots", "queries", "train_ways", "train_shots",
-                       "train_queries")
+                       "split_seed", "split_ratios", "label_column", "ways", "shots", "queries", "train_ways",
+                       "train_shots", "train_queries")
 
 
 def data_check_options(fn: Callable) -> Callable:

@@ -205,8 +205,8 @@ def check_data(settings: Mapping[str, Any], progress: bool = True) -> DataCheckR
     loaded = load_for_check(dataset, root, progress)
     t = config.task
     report = build_report(loaded, (config.train_ways, config.train_shots, config.train_queries),
-                          (t.ways, t.shots, t.queries), dataset.name, str(source.root), progress, train_shape_flags(config),
-                          skip_bad_images=config.data.skip_bad_images)
+                          (t.ways, t.shots, t.queries), dataset.name, str(source.root), progress,
+                          train_shape_flags(config), skip_bad_images=config.data.skip_bad_images)
     try:
         list_classes(dataset, root)
     except DataError as e:  # the trainer's check of the listed classes (once, when loading found it already)

@@ -102,7 +102,8 @@ def learning_curves_figure(records: Sequence[RunRecord]) -> "Figure":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         handles = [Line2D([], [], color=colour_of[id(rec)], lw=2.4,
                           label=f"{rec.name}\n(validation: {shape_label(rec.eval_shape)})") for rec in runs]
-        handles += [Line2D([], [], color="grey", lw=1.4, label="training, moving average\n(raw values faint; a run of\nfewer than 23 points: raw)"),
+        handles += [Line2D([], [], color="grey", lw=1.4,
+                           label="training, moving average\n(raw values faint; a run of\nfewer than 23 points: raw)"),
                     Line2D([], [], color="grey", lw=2.4, marker="o", ms=5, mec="white",
                            label="validation (% of queries)")]
         ax_legend.legend(handles=handles, loc="upper left", fontsize=9, frameon=False, borderaxespad=0)

@@ -687,7 +687,8 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if data_root is not None and dataset in (None, trained.data.dataset) and (
             absolute_root(data_root) == trained.data.data_root or data_moved(trained)):
         # the run's own data, named again or found where it was moved: not another dataset
-        trained = dataclasses.replace(trained, data=dataclasses.replace(trained.data, data_root=absolute_root(data_root)))
+        relocated = dataclasses.replace(trained.data, data_root=absolute_root(data_root))
+        trained = dataclasses.replace(trained, data=relocated)
         dataset = data_root = None
     other = dataset is not None or data_root is not None
     base = cross_domain_config(trained, preprocessing, dataset, data_root) if other else trained

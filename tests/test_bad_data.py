@@ -136,7 +136,8 @@ def test_bad_image_in_a_zip_is_skipped(synthetic_omniglot):
     assert len(d.skipped) == 1
     # "file: reason"; b"garbage" is no image format PIL knows (PIL's own words name a BytesIO object)
     assert re.fullmatch(rf"cannot decode image {re.escape(str(zpath))}:{re.escape(member)}: "
-                        r"PIL cannot identify it \(the file is corrupt or not an image\)[^\n]*", d.skipped[0]), d.skipped[0]
+                        r"PIL cannot identify it \(the file is corrupt or not an image\)[^\n]*",
+                        d.skipped[0]), d.skipped[0]
     counts = d.class_counts.tolist()
     assert sorted(counts) == [SYNTH_DRAWINGS - 1] * 4 + [SYNTH_DRAWINGS] * 12  # its 4 rotations lost one
 

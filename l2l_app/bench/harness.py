@@ -425,7 +425,8 @@ class Bench:
                 if impl in WHOLE_STEP:
                     out["captured"] = fn.captured
                 if out.get("captured") and self.device.type != "cuda":
-                    out["note"] = "no CUDA graph on a CPU: the step's eager stand-in (the capture protocol, replayed eagerly)"
+                    out["note"] = ("no CUDA graph on a CPU: the step's eager stand-in (the capture protocol, "
+                                   "replayed eagerly)")
         except Exception as exc:
             out.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
             self.progress(f"[bench] {label}{impl:<17} error: {out['note']}")
