@@ -32,7 +32,7 @@ from .experiment import Experiment
 from .export import ExportResult
 from .learner import MetaLearner
 from .predict import Items, Predictions, classify, folder_inputs, run_info
-from .trainer import Trainer, TrainSummary, evaluate_run
+from .trainer import Trainer, TrainSummary, evaluate_run, resume_config
 
 PathLike = Union[str, Path]
 #: what `Run.predict` returns (the same class as `l2l-app predict`'s)
@@ -158,7 +158,8 @@ class Run:
 
 
 def train(config: Union[ExperimentConfig, PathLike, None] = None, *, out: Optional[PathLike] = None,
-          recipe: Optional[str] = None, progress: bool = False, overwrite: bool = False, **settings: Any) -> Run:
+          recipe: Optional[str] = None, progress: bool = False, overwrite: bool = False,
+          resume: Optional[PathLike] = None, **settings: Any) -> Run:
     """Meta-train a model and return the trained `Run` (its best checkpoint).
 
     config: an `ExperimentConfig`, or a TOML/JSON settings file like `l2l-app train --config`
@@ -166,9 +167,17 @@ def train(config: Union[ExperimentConfig, PathLike, None] = None, *, out: Option
     names as the CLI's flags use them (algo="protonet", iterations=100, data_root=..., hidden=32).
     Precedence as on the command line: defaults < recipe < config file < settings.
     out: the run directory to create (None: a temporary one, removed when the Run is closed).
+    resume: continue the run in that directory from its last checkpoint (`l2l-app train --resume`:
+    settings may change only what a resume may, e.g. iterations=, time_budget=).
     Bad settings raise ConfigError/DataError (one line) before anything is written.
     """
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    if resume is not None:
+        if config is not None or recipe is not None or out is not None or overwrite:
+            raise ConfigError("train(resume=RUN_DIR) continues that run with its own settings; drop config=, "
+                              "recipe=, out= and overwrite=")
+        trainer = Trainer(resume_config(Path(resume), settings), Path(resume), resume=True, progress=progress)
+        return Run(resume, "best", summary=trainer.fit())
     if isinstance(config, ExperimentConfig):
         if recipe is not None:
             raise ConfigError("train(): a config object already holds every setting; pass recipe= with keyword "

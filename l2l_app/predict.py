@@ -141,6 +141,9 @@ def classify(experiment: "Experiment", support: Items, labels: Sequence[Hashable
     classes other than the N of a model with an N-way output layer (`AlgorithmSpec.head`).
     """
     x = experiment
+    if labels is None or isinstance(labels, (str, os.PathLike)):
+        raise DataError("support labels: give one class name per support image (for a folder of class folders "
+                        "use Run.predict_folder(support_dir, queries))")
     labels = list(labels)
     try:
         classes = list(dict.fromkeys(labels))

@@ -101,6 +101,21 @@ def test_train_runs_in_a_worker_thread(synthetic_data_root, tmp_path):
     outcome["run"].close()
 
 
+def test_train_resumes_a_run_as_the_cli_does(synthetic_data_root, tmp_path):
+    """After a stop (a time budget, a Ctrl-C), `train(resume=RUN_DIR, ...)` continues from the last
+    checkpoint with what a resume may change; anything else is refused as by `train --resume`."""
+    from l2l_app.errors import ConfigError
+    run_dir = tmp_path / "run"
+    l2l_app.train(out=run_dir, data_root=synthetic_data_root, **TINY).close()
+    resumed = l2l_app.train(resume=run_dir, iterations=TINY["iterations"] + 2)
+    assert resumed.summary.steps == TINY["iterations"] + 2 and not resumed.temporary
+    assert resumed.config.optim.iterations == TINY["iterations"] + 2
+    with pytest.raises(ConfigError, match="cannot change --hidden when resuming"):
+        l2l_app.train(resume=run_dir, hidden=TINY["hidden"] * 2)
+    with pytest.raises(ConfigError, match="drop config=, recipe=, out= and overwrite="):
+        l2l_app.train(resume=run_dir, out=tmp_path / "other")
+
+
 def test_train_into_out_and_load_give_the_same_predictions(synthetic_data_root, tmp_path, test_images):
     images, labels = test_images
     trained = l2l_app.train(out=tmp_path / "run", data_root=synthetic_data_root, **TINY)
@@ -217,6 +232,7 @@ def test_bad_settings_are_refused_before_anything_is_written(synthetic_data_root
     (lambda x: x[:4], ["a", "b"] * 2, lambda x: x[4], "expected [N, 1, 28, 28]"),
     (lambda x: x[:4], ["a", "b"] * 2, lambda x: [], "no query images"),
     (lambda x: x[:4], [["a"], ["b"]] * 2, lambda x: x[4:6], "hashable"),
+    (lambda x: "support_folder", None, lambda x: x[4:6], "for a folder of class folders use Run.predict_folder"),
 ])
 def test_bad_predict_input_is_one_line(run, test_images, support, labels, queries, message):
     images, _ = test_images
