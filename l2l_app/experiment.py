@@ -57,9 +57,11 @@ def auto_engine(config: ExperimentConfig, device: torch.device, meta_batch: Opti
         images = config.train_ways * (config.train_shots + config.train_queries)
         up_to = spec.cpu_batched_up_to_images
         if images <= up_to:
-            return "batched", f"measured faster for {algo} on a CPU for tasks of up to {up_to} images; these have {images}"
+            return "batched", (f"measured faster for {algo} on a CPU for tasks of up to {up_to} images; "
+                               f"these have {images}")
         if up_to:
-            return "loop", f"measured faster for {algo} on a CPU for tasks of more than {up_to} images; these have {images}"
+            return "loop", (f"measured faster for {algo} on a CPU for tasks of more than {up_to} images; "
+                            f"these have {images}")
     engine = spec.auto_engine.get(device.type, "loop")
     return engine, f"measured faster for {algo} on {device.type}" + (" at this meta-batch" if meta_batch else "")
 
@@ -213,7 +215,7 @@ class Experiment:
                                       f"validation; pass --checkpoint last, or resume it "
                                       f"(`l2l-app train --resume {run_dir}`)")
             raise CheckpointError(f"run {run_dir} has no last checkpoint: {path} not found; pass --checkpoint best")
-        digest = file_sha256(path) if path.is_file() else None
+        digest = file_sha256(path)
         state = load_checkpoint(path, map_location=x.device)
         x.learner.load_state_dict(learner_state(state))
         return x, {"step": int(state["step"]), "checkpoint": checkpoint, "checkpoint_path": path,
@@ -264,7 +266,8 @@ class Experiment:
             how.append(f"{c.conv_impl} convolutions")
         why = []
         if c.engine == "auto":
-            why.append(f"--engine auto: {self.engine} ({auto_engine(self.config, self.device, self.config.optim.meta_batch)[1]})")
+            reason = auto_engine(self.config, self.device, self.config.optim.meta_batch)[1]
+            why.append(f"--engine auto: {self.engine} ({reason})")
         if c.cuda_graph is None and self.cuda_graph:
             why.append("--cuda-graph by default with the batched engine on a GPU")
         return ", ".join(how) + (f" [{'; '.join(why)}]" if why else "")

@@ -32,6 +32,10 @@ def smoothing_span(points: int) -> int:
     return max(1, round(points / 15))
 
 
+#: the fewest points a training curve is smoothed at (the legend says shorter ones are drawn raw)
+SMOOTHED_FROM_POINTS = next(n for n in range(1, 1000) if smoothing_span(n) > 1)
+
+
 def group_by_train_shape(records: Sequence[RunRecord]) -> Dict[Shape, List[RunRecord]]:
     """Runs whose training episodes have the same (ways, shots, queries), in first-seen order:
     their training loss and accuracy are comparable only within a group."""
@@ -103,7 +107,8 @@ def learning_curves_figure(records: Sequence[RunRecord]) -> "Figure":
         handles = [Line2D([], [], color=colour_of[id(rec)], lw=2.4,
                           label=f"{rec.name}\n(validation: {shape_label(rec.eval_shape)})") for rec in runs]
         handles += [Line2D([], [], color="grey", lw=1.4,
-                           label="training, moving average\n(raw values faint; a run of\nfewer than 23 points: raw)"),
+                           label=f"training, moving average\n(raw values faint; a run of\nfewer than "
+                                 f"{SMOOTHED_FROM_POINTS} points: raw)"),
                     Line2D([], [], color="grey", lw=2.4, marker="o", ms=5, mec="white",
                            label="validation (% of queries)")]
         ax_legend.legend(handles=handles, loc="upper left", fontsize=9, frameon=False, borderaxespad=0)

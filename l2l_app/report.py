@@ -368,10 +368,7 @@ def html_report(blocks: Sequence[Block]) -> str:
 
 def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str) -> Dict[str, Path]:
     """Write report.md, report.html and learning_curves.png into `out_dir`; returns their paths."""
-    distinct: Dict[Path, Path | str] = {}  # a run named twice (in any form) is reported once
-    for d in run_dirs:
-        distinct.setdefault(Path(d).resolve(), d)
-    records = load_run_records(list(distinct.values()))
+    records = load_run_records(run_dirs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; choose a directory")

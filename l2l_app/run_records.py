@@ -235,18 +235,23 @@ def load_run_record(run_dir: Path | str) -> RunRecord:
     train, val = read_metrics(run_dir / METRICS_FILE, scale)
     evaluations = list_evaluations(run_dir)
     references, recipe_notes = reference_recipes(config)
-    steps = int(train[-1]["step"]) if train else 0
-    comparisons = [compare(run_dir, config, evaluations, recipe, role, steps) for recipe, role in references]
-    return RunRecord(run_dir, run_dir.resolve().name, config, train, val, evaluations, run_info, comparisons,
-                     notes + recipe_notes)
+    record = RunRecord(run_dir, run_dir.resolve().name, config, train, val, evaluations, run_info,
+                       notes=notes + recipe_notes)
+    record.comparisons = [compare(run_dir, config, evaluations, recipe, role, record.steps)
+                          for recipe, role in references]
+    return record
 
 
 def load_run_records(run_dirs: Sequence[Path | str | RunRecord]) -> List[RunRecord]:
-    """`load_run_record` of each run directory (a `RunRecord` is taken as it is); runs with the same folder
-    name are named by their path.  Raises ConfigError when none is given."""
+    """`load_run_record` of each run directory (a `RunRecord` is taken as it is), each run once however
+    often and in whatever form it is named; runs with the same folder name are named by their path.
+    Raises ConfigError when none is given."""
     if not run_dirs:
         raise ConfigError("no run directories given; pass one or more `l2l-app train --out` directories")
-    records = [d if isinstance(d, RunRecord) else load_run_record(d) for d in run_dirs]
+    distinct: Dict[Path, Path | str | RunRecord] = {}
+    for d in run_dirs:
+        distinct.setdefault(Path(d.path if isinstance(d, RunRecord) else d).resolve(), d)
+    records = [d if isinstance(d, RunRecord) else load_run_record(d) for d in distinct.values()]
     names = [r.name for r in records]
     for r in records:  # disambiguate runs with the same folder name
         if names.count(r.name) > 1:
