@@ -2,6 +2,7 @@
 
     python benchmarks/accuracy_runs.py protonet-5w1s-ours protonet-anchor ...
     python benchmarks/accuracy_runs.py --list
+    python benchmarks/accuracy_runs.py demo-3min --threads 2   # recorded as demo-3min-2threads
 
 Each experiment trains with `l2l-app train` (usually under a wall-clock --time-budget),
 then evaluates the best-validation checkpoint on the test split with `l2l-app eval`
@@ -101,10 +102,17 @@ def l2l_app(*args: str) -> None:
     subprocess.run(cmd, check=True)
 
 
-def run(name: str, episodes: int) -> dict:
+def run(name: str, episodes: int, threads: int | None = None) -> dict:
+    """Train and evaluate experiment `name`; with `threads`, every process gets that many
+    (OMP_NUM_THREADS) and the record and run directory are named `<name>-<threads>threads`."""
     from l2l_app.rundir import eval_file_name
     from l2l_app.runtime import environment
     train_args, shapes = EXPERIMENTS[name]
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+        torch.set_num_threads(threads)  # so environment() below records it
+        name = f"{name}-{threads}threads"
     run_dir = RUNS / name
     load_before = os.getloadavg()
     start = time.time()
@@ -135,6 +143,8 @@ def main() -> None:
     parser.add_argument("names", nargs="*")
     parser.add_argument("--list", action="store_true")
     parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for training and evaluation (default: the environment's)")
     args = parser.parse_args()
     if args.list or not args.names:
         for name, (train_args, shapes) in EXPERIMENTS.items():
@@ -144,7 +154,7 @@ def main() -> None:
     for name in args.names:
         if name not in EXPERIMENTS:
             raise SystemExit(f"unknown experiment {name!r}; --list shows them")
-        run(name, args.episodes)
+        run(name, args.episodes, args.threads)
 
 
 if __name__ == "__main__":
