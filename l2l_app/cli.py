@@ -587,6 +587,8 @@ def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Op
         check_output_file(out, overwrite)
     result = predict_folder(run_dir, support_dir, queries, checkpoint=checkpoint, device=device)
     click.echo(result.to_json() if as_json else result.table())
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
     if out is not None:
         result.to_csv(out)
         click.echo(f"written to {out}", err=as_json)

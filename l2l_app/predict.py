@@ -58,7 +58,8 @@ class Predictions:
     images: the query names (paths, or 'query 0', 'query 1', ...); classes: the class names in
     logit order; probabilities: float64 [Nq, ways] (softmax of the logits, rows sum to 1);
     ranking: int64 [Nq, ways], class indices best first (ties: the lower index first, as argmax);
-    info: where the predictions come from (run, checkpoint, step, input preprocessing).
+    info: where the predictions come from (run, checkpoint, step, input preprocessing);
+    notes: what the caller should know about the inputs (e.g. colour photos given to a grey run).
     """
 
     images: List[str]
@@ -66,6 +67,7 @@ class Predictions:
     probabilities: torch.Tensor
     ranking: torch.Tensor
     info: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -91,10 +93,10 @@ class Predictions:
         return out
 
     def to_json(self, indent: Optional[int] = 2) -> str:
-        """{**info, 'classes': [...], 'predictions': rows()} as JSON text (class names that JSON
-        cannot hold are written with str())."""
-        return json.dumps({**self.info, "classes": self.classes, "predictions": self.rows()}, indent=indent,
-                          default=str)
+        """{**info, 'notes': [...], 'classes': [...], 'predictions': rows()} as JSON text (class
+        names that JSON cannot hold are written with str())."""
+        return json.dumps({**self.info, "notes": self.notes, "classes": self.classes, "predictions": self.rows()},
+                          indent=indent, default=str)
 
     def to_csv(self, path: PathLike) -> Path:
         """Write CSV_COLUMNS, one row per query, atomically to `path`; returns the path."""
@@ -168,7 +170,23 @@ def classify(experiment: "Experiment", support: Items, labels: Sequence[Hashable
     logits = logits.detach().cpu()                                        # float32 [Nq, ways]
     ranking = torch.argsort(logits, dim=1, descending=True, stable=True)  # best first, ties as argmax
     probabilities = torch.softmax(logits.double(), dim=1)
-    return Predictions(names, classes, probabilities, ranking, dict(info or {}))
+    notes = [note] if (note := colour_note(x, [support, queries])) else []
+    return Predictions(names, classes, probabilities, ranking, dict(info or {}), notes)
+
+
+def colour_note(experiment: "Experiment", item_lists: Sequence[Items]) -> Optional[str]:
+    """A note when images that show colour are given to a run trained on grey images (which sees
+    them in grey, unlike anything it was trained on); None otherwise, and for tensors."""
+    pre = experiment.preprocessing
+    if pre.kind != IMAGES or pre.channels != 1:
+        return None
+    given = [item for items in item_lists if not isinstance(items, torch.Tensor) for item in item_list(items)]
+    coloured = sum(images.has_colour(item) for item in given)
+    if not coloured:
+        return None
+    return (f"{coloured} of {len(given)} images are in colour, but this run was trained on grey images "
+            f"({experiment.config.data.dataset}) and sees them in grey; for photos, train on colour images "
+            "(e.g. --dataset folder with your own class folders) for better predictions")
 
 
 def stored_items(pre: "Preprocessing", items: Items, role: str) -> torch.Tensor:
@@ -178,17 +196,22 @@ def stored_items(pre: "Preprocessing", items: Items, role: str) -> torch.Tensor:
     """
     if isinstance(items, torch.Tensor):
         return _stored_tensor(pre, items, role)
-    from PIL import Image
-
-    if isinstance(items, (str, bytes, os.PathLike, Image.Image)):
-        items = [items]
-    items = list(items)
+    items = item_list(items)
     if not items:
         raise DataError(f"no {role} images given; pass at least one")
     if pre.kind != IMAGES:
         raise DataError(f"this run was trained on {pre.describe()}; pass the {role} items as a float tensor "
                         f"[N, {pre.channels}], not images")
     return torch.stack([_pixels(pre, item, role) for item in items])
+
+
+def item_list(items: Sequence[Item]) -> List[Item]:
+    """Images as a list: a single path, bytes or PIL image counts as a list of one."""
+    from PIL import Image
+
+    if isinstance(items, (str, bytes, os.PathLike, Image.Image)):
+        return [items]
+    return list(items)
 
 
 def _pixels(pre: "Preprocessing", item: Item, role: str) -> torch.Tensor:

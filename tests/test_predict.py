@@ -303,3 +303,35 @@ def test_an_unreadable_query_is_named_with_the_fix_for_predict(protonet_run, tmp
     err = assert_one_line_error(run_cli("predict", protonet_run, "--support", support, "--query", bad.parent),
                                 f"cannot decode image {bad}", "replace or remove this query image")
     assert "--skip-bad-images" not in err
+
+
+# ----------------------------------------------------------------------------- colour given to a grey run
+def colour_png(path: Path, seed: int, grey: bool = False, size: int = 28) -> Path:
+    """A random RGB image; with grey=True its three channels are equal (a grey photo saved as RGB)."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 1 if grey else 3), generator=g, dtype=torch.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.expand(size, size, 3).contiguous().numpy(), mode="RGB").save(path)
+    return path
+
+
+def test_has_colour_tells_colour_from_grey_saved_as_rgb(tmp_path):
+    from l2l_app.data.images import has_colour
+    assert has_colour(colour_png(tmp_path / "c.png", 0))
+    grey_jpeg = tmp_path / "g.jpg"
+    Image.open(colour_png(tmp_path / "g.png", 1, grey=True)).save(grey_jpeg, quality=75)
+    assert Image.open(grey_jpeg).mode == "RGB" and not has_colour(grey_jpeg)
+    assert not has_colour(random_png(tmp_path / "l.png", 2))           # mode L
+    assert not has_colour(tmp_path / "missing.png")                    # unreadable: no claim
+
+
+def test_colour_queries_on_a_grey_run_get_a_note(protonet_run, tmp_path):
+    support = support_folder(tmp_path / "support", [2, 2])
+    grey = [colour_png(tmp_path / "grey" / f"{i}.png", 10 + i, grey=True) for i in range(2)]
+    assert predict_folder(protonet_run, support, grey, device="cpu").notes == []
+    colour = [colour_png(tmp_path / "colour" / f"{i}.png", 20 + i) for i in range(3)]
+    result = predict_folder(protonet_run, support, colour, device="cpu")
+    assert len(result.notes) == 1 and "3 of 7 images are in colour" in result.notes[0]
+    assert json.loads(result.to_json())["notes"] == result.notes
+    res = run_cli("predict", protonet_run, "--support", support, "--query", tmp_path / "colour", "--device", "cpu")
+    assert res.exit_code == 0 and "note: 3 of 7 images are in colour" in res.stderr, res.output

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 RESIZE_FILTER = "LANCZOS"
 #: what counts as an image file in a folder of images (compared lower-case)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+#: mean per-pixel spread max(R, G, B) - min(R, G, B), of 255, above which an image shows colour
+#: (grey photos saved as RGB JPEGs spread by a few levels from compression alone)
+COLOUR_SPREAD = 12.0
 
 
 def is_hidden(name: str) -> bool:
@@ -239,6 +242,27 @@ def prepare(img: Any, mode: str, size: int, resize: str = "stretch") -> "np.ndar
     if img.size != (size, size):
         img = _resize(img, size, resize)
     return np.asarray(img, dtype=np.uint8)
+
+
+def has_colour(image: Any) -> bool:
+    """True when an image (a path, bytes or a PIL image) visibly holds colour: the mean over its
+    pixels of max(R, G, B) - min(R, G, B) exceeds COLOUR_SPREAD.  Unreadable images: False."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            image = Image.open(image)
+        elif isinstance(image, (bytes, bytearray)):
+            image = Image.open(io.BytesIO(bytes(image)))
+        if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"):
+            return False
+        small = _to_mode(image, "RGB")
+        small.thumbnail((64, 64))
+        rgb = np.asarray(small, dtype=np.int16)                            # [h, w, 3]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) > COLOUR_SPREAD
 
 
 def _resize(img, size: int, policy: str):
