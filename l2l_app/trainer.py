@@ -312,6 +312,12 @@ class Trainer:
         if iterations < step:
             raise ConfigError(f"--iterations {iterations} is below the step this run has reached ({step}); "
                               f"pass --iterations {step} or more")
+        budget, used = self.config.run.time_budget, float(state["elapsed"]) / 60
+        if budget is not None and budget < used and budget != load_config(self.run_dir).run.time_budget:
+            # a new budget already spent asks for the impossible; the run's own spent budget is
+            # 'nothing to do' (RunSummary.describe says how to continue)
+            raise ConfigError(f"--time-budget {budget:g} is below the {used:.2f} min this run has trained; "
+                              f"pass a --time-budget above {used:.2f} to train further")
         return state
 
     def _apply(self, state: Dict[str, Any]) -> None:

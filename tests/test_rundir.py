@@ -404,3 +404,15 @@ def test_a_run_stopped_before_its_first_validation_points_to_its_last_checkpoint
     code, _, err = run_cli("report", run, "--out", tmp_path / "report")
     assert code == 0, err
     assert f"`l2l-app eval {run} --split test --checkpoint last " in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_new_time_budget_below_the_time_trained_is_refused_and_changes_nothing(synthetic_data_root, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS,
+                             "--iterations", "1000", "--time-budget", "0.00001")
+    assert code == 0, err
+    before = snapshot(run)
+    code, out, err = run_cli("train", "--resume", run, "--time-budget", "0.000005", "--quiet")
+    assert code == 2 and err.startswith("error: --time-budget 5e-06 is below the") and \
+        "pass a --time-budget above" in err and err.count("\n") == 1, err
+    assert snapshot(run) == before
