@@ -9,7 +9,7 @@
 A thin layer over the library: `train` composes the config like `l2l-app train` (the same flat
 setting names as the flags: `algo`, `iterations`, `data_root`, ...) and runs the one `Trainer`;
 `Run` wraps `Experiment.from_run` (the trained model with its saved preprocessing); `evaluate`
-is `trainer.evaluate_run` and `predict` is `l2l_app.predict.classify`, the core of `l2l-app predict`.
+is `evaluation.evaluate_run` and `predict` is `l2l_app.predict.classify`, the core of `l2l-app predict`.
 
 No files are written unless asked: without `out`, `train` works in a temporary directory that is
 removed when the `Run` is closed (`run.close()`, a `with` block) or garbage-collected (the
@@ -27,12 +27,12 @@ from torch import nn
 from .config import ExperimentConfig, compose, validate, with_overrides
 from .data import Preprocessing, SplitData
 from .errors import ConfigError
-from .evaluation import EvalResult
+from .evaluation import EvalResult, evaluate_run
 from .experiment import Experiment
 from .export import ExportResult
 from .learner import MetaLearner
 from .predict import Items, Predictions, classify, folder_inputs, run_info
-from .trainer import Trainer, TrainSummary, evaluate_run, resume_config
+from .trainer import Trainer, TrainSummary, resume_config
 
 PathLike = Union[str, Path]
 #: what `Run.predict` returns (the same class as `l2l-app predict`'s)

@@ -413,7 +413,7 @@ def eval_cmd(run_arg: Optional[Path], run_opt: Optional[Path], episodes: Optiona
     your folder), decoded and normalised like the run's training data; the file records both.
     """
     from .distributed import is_main_process
-    from .trainer import evaluate_run
+    from .evaluation import evaluate_run
     if run_arg is not None and run_opt is not None and Path(run_arg) != Path(run_opt):
         raise click.UsageError(f"two run directories given ({run_arg} and --run {run_opt}); give one")
     run_dir = run_arg if run_arg is not None else run_opt

@@ -5,19 +5,33 @@ seeded source -- learn2learn's sampler for `eval` and validation, whatever the e
 so every engine scores the same episodes -- and scored `batch_size` at a time by the learner's
 `query_accuracy` (the batched engine's vmap over episodes where the algorithm has one:
 `Experiment.evaluation_learner`).
+
+`evaluate_run` is `l2l-app eval`: a run's checkpoint on a split (or another dataset's classes),
+its result written into the run directory with the protocol next to the number (`eval_protocol`).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 
-from .progress import Progress
-from .data.types import EpisodeBatch, TaskSource
+from . import distributed
+from .backbones import has_batch_norm
+from .config import SPLITS, ExperimentConfig, absolute_root, data_moved, validate, with_overrides
+from .data import Preprocessing
+from .data.types import DATA_OPTIONS, VECTORS, EpisodeBatch, TaskSource
+from .errors import ConfigError
+from .experiment import Experiment
+from .fileio import write_json
 from .learner import MetaLearner
+from .progress import Progress
+from .registry import DATASETS
+from .rundir import eval_file_name, load_config, load_preprocessing, other_data_label
 
 
 class EvaluationStopped(Exception):
@@ -101,3 +115,100 @@ def evaluate(learner: MetaLearner, episodes_from: Union[TaskSource, EpisodeSet],
     all_accs = torch.cat(accs)
     mean, ci, std = mean_ci95(all_accs)
     return EvalResult(mean, ci, std, episodes, dict(protocol or {}), all_accs.tolist())
+
+
+# ----------------------------------------------------------------------------- a run's evaluation
+def eval_protocol(config: ExperimentConfig, split: str, episodes: int, seed: int, sampler: str,
+                  checkpoint: str) -> Dict[str, Any]:
+    """What an evaluation file records next to its number: episodes, checkpoint, and the
+    algorithm's own protocol fields (batch norm, test-time adaptation)."""
+    return {
+        "dataset": config.data.dataset, "split": split, "ways": config.task.ways,
+        "shots": config.task.shots, "queries": config.task.queries, "episodes": episodes,
+        "episode_seed": seed, "sampler": sampler, "checkpoint": checkpoint, "algo": config.algo,
+        **config.algorithm.protocol(),
+    }
+
+
+def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None,
+                 checkpoint: str = "best", seed: int | None = None, device: str | None = None,
+                 engine: str | None = None, progress: bool = True, ways: int | None = None,
+                 shots: int | None = None, queries: int | None = None, dataset: str | None = None,
+                 data_root: str | None = None, save: bool = True) -> EvalResult:
+    """Evaluate a run's checkpoint on fixed-seed episodes of `split`.
+
+    ways/shots/queries override the run's evaluation episode shape (an algorithm without an
+    output layer, like ProtoNet, can test any ways; one with an N-way layer only its N).
+    dataset/data_root: evaluate on another dataset's (or another copy's) classes -- cross-domain
+    evaluation (Chen et al., ICLR 2019) -- decoded and normalised with the run's preprocessing.
+    With `save`, writes one file per protocol (`rundir.eval_file_name`), recording the checkpoint's
+    step and SHA-256 so that a later change of the checkpoint marks the result stale.
+    """
+    run_dir = Path(run_dir)
+    trained = load_config(run_dir)
+    preprocessing = load_preprocessing(run_dir, trained)
+    shape = {k: v for k, v in (("ways", ways), ("shots", shots), ("queries", queries)) if v is not None}
+    if ways is not None and ways != trained.task.ways and trained.spec.head:
+        raise ConfigError(f"--ways {ways}: this {trained.algo} model has a "
+                          f"{trained.task.ways}-way output layer; evaluate with --ways {trained.task.ways}")
+    if data_root is not None and dataset in (None, trained.data.dataset) and (
+            absolute_root(data_root) == trained.data.data_root or data_moved(trained)):
+        # the run's own data, named again or found where it was moved: not another dataset
+        relocated = dataclasses.replace(trained.data, data_root=absolute_root(data_root))
+        trained = dataclasses.replace(trained, data=relocated)
+        dataset = data_root = None
+    other = dataset is not None or data_root is not None
+    base = cross_domain_config(trained, preprocessing, dataset, data_root) if other else trained
+    config = validate(with_overrides(base, shape))
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split!r} must be one of {', '.join(SPLITS)}")
+    episodes = config.eval.episodes if episodes is None else episodes
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    seed = config.eval.eval_seed if seed is None else seed
+    world = distributed.join(device or config.run.device)  # torchrun: episodes split by rank, results gathered
+    x, loaded = Experiment.from_run(run_dir, checkpoint, device=world.device_name or device, engine=engine,
+                                    config=config, preprocessing=preprocessing)
+    step = loaded["step"]
+    data = x.load_split(split, progress, skip_bad_images=False)
+    source = x.task_source(data, x.eval_shape, seed)
+    protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {step})")
+    label = other_data_label(config.data.dataset, config.data.data_root) if other else None
+    out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
+                                   episodes, seed, label)
+    protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=step,
+                    checkpoint_sha256=loaded["checkpoint_sha256"], file=out.name,
+                    preprocessing=preprocessing.describe())
+    if not has_batch_norm(x.model):
+        protocol["batchnorm"] = "none (the backbone has no batch norm)"
+    if other:
+        protocol["cross_domain"] = {"trained_on": trained.data.dataset, "dataset": config.data.dataset,
+                                    "data_root": config.data.data_root}
+    scorer = x.evaluation_learner()
+    protocol["scored_by"] = f"{scorer.engine} engine"
+    result = evaluate(world.sharded(scorer), source, episodes, protocol=protocol,
+                      progress=progress and world.is_main, desc=f"eval {split}")
+    if save and world.is_main:
+        write_json(out, result.to_dict(with_accuracies=True))
+    return result
+
+
+def cross_domain_config(trained: ExperimentConfig, preprocessing: Preprocessing, dataset: Optional[str],
+                        data_root: Optional[str]) -> ExperimentConfig:
+    """The run's config reading `dataset` at `data_root` instead (None: the run's), decoded like the
+    run's data (`Preprocessing.dataset_settings`); refused when the run's inputs are images and the
+    other data vectors or the other way round."""
+    other = DATASETS.get(dataset or trained.data.dataset)
+    if other is None:
+        raise DATASETS.unknown(str(dataset))
+    if other.kind != preprocessing.kind:
+        raise ConfigError(f"--dataset {other.name} holds {'feature vectors' if other.kind == VECTORS else 'images'}"
+                          f", but this run was trained on {preprocessing.describe()}; evaluate on a dataset of the "
+                          f"same kind")
+    values: Dict[str, Any] = {n: None for n in DATA_OPTIONS}
+    if other.name == trained.data.dataset:
+        values.update({n: getattr(trained.data, n) for n in DATA_OPTIONS})
+    values.update({n: v for n, v in preprocessing.dataset_settings().items() if n in other.options})
+    values.update(dataset=other.name, data_root=absolute_root(data_root) if data_root is not None else
+                  (trained.data.data_root if other.name == trained.data.dataset else None))
+    return dataclasses.replace(trained, data=dataclasses.replace(trained.data, **values))

@@ -121,7 +121,7 @@ def invoke(args: List[str], stand_in: Optional[str] = None) -> tuple:
     """(exit code, stderr, output, what the stand-in received or None) of `l2l-app ARGS`."""
     recorder = Recorder()
     patches = {"trainer": mock.patch("l2l_app.trainer.Trainer", recorder.trainer),
-               "eval": mock.patch("l2l_app.trainer.evaluate_run", recorder.evaluate_run)}
+               "eval": mock.patch("l2l_app.evaluation.evaluate_run", recorder.evaluate_run)}
     with patches[stand_in] if stand_in else contextlib.nullcontext():
         r = CliRunner().invoke(cli, args)
     return r.exit_code, r.stderr.strip(), r.output, (recorder.calls[-1] if recorder.calls else None)

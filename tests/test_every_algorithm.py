@@ -27,7 +27,8 @@ from l2l_app.errors import ConfigError
 from l2l_app.evaluation import evaluate
 from l2l_app.experiment import Experiment
 from l2l_app.registry import ALGORITHMS
-from l2l_app.trainer import Interrupted, Trainer, evaluate_run
+from l2l_app.trainer import Interrupted, Trainer
+from l2l_app.evaluation import evaluate_run
 from conftest import random_episodes
 from enrol import ALGOS, BATCHED_ALGOS, ENGINE_CASES, make_pair
 from l2l_app.backbones import bn_invariant_biases

@@ -24,7 +24,8 @@ from l2l_app.data.types import VECTORS
 from l2l_app.errors import DataError
 from l2l_app.experiment import Experiment
 from l2l_app.predict import CSV_COLUMNS, predict_folder, query_files, support_classes
-from l2l_app.trainer import Trainer, evaluate_run
+from l2l_app.trainer import Trainer
+from l2l_app.evaluation import evaluate_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -27,7 +27,8 @@ from l2l_app.recipes import load_recipe
 from l2l_app.report import build_report
 from l2l_app.run_records import load_run_record, pick_evaluation
 from l2l_app.rundir import eval_command, list_evaluations
-from l2l_app.trainer import Trainer, evaluate_run, resume_config
+from l2l_app.trainer import Trainer, resume_config
+from l2l_app.evaluation import evaluate_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

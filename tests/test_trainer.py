@@ -7,7 +7,8 @@ import torch
 
 from l2l_app import experiment
 from l2l_app.config import ExperimentConfig, with_overrides
-from l2l_app.trainer import NonFiniteLossError, Trainer, evaluate_run
+from l2l_app.trainer import NonFiniteLossError, Trainer
+from l2l_app.evaluation import evaluate_run
 
 TINY = dict(ways=5, shots=1, queries=2, train_ways=5, hidden=16, val_every=5, val_episodes=5,
             checkpoint_every=1, eval_seed=7)
