@@ -64,14 +64,16 @@ class Listing:
 
 @dataclass
 class ImageRef:
-    """One image: its split, class and position within the class (0-based, the loading order)."""
+    """One image: its split, class and position within the class (0-based, the loading order), and
+    its file where the dataset records it (`SplitData.sources`)."""
 
     split: str
     class_name: str
     position: int
+    source: str = ""
 
     def __str__(self) -> str:
-        return f"{self.split}:{self.class_name}[{self.position}]"
+        return f"{self.split}:{self.source}" if self.source else f"{self.split}:{self.class_name}[{self.position}]"
 
 
 @dataclass
@@ -333,7 +335,8 @@ def image_refs(data: SplitData, split: str, indices: Sequence[int]) -> List[Imag
     out = []
     for i in indices:
         c = int(data.labels[i])
-        out.append(ImageRef(split, data.class_names[c], int((table[c] == i).nonzero()[0, 0])))
+        out.append(ImageRef(split, data.class_names[c], int((table[c] == i).nonzero()[0, 0]),
+                            data.sources[i] if data.sources else ""))
     return out
 
 

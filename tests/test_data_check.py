@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from l2l_app.cli import cli
 from l2l_app.data import SplitData, check_disjoint
@@ -170,24 +171,27 @@ def test_duplicate_image_in_two_splits_is_found(root):
     loaded = load_splits("omniglot", data_root=root, progress=False)
     independent = set(_bytes_of(loaded["train"])) & set(_bytes_of(loaded["test"]))
     assert shared.count == len(independent) == ROTATIONS
-    # the copy sorts after Alpha/character01's SYNTH_DRAWINGS own drawings; the original is Gamma's first
-    assert shared.examples[0] == [f"train:Alpha/character01/rot000[{SYNTH_DRAWINGS}]",
-                                  "test:Gamma/character01/rot000[0]"]
+    # named by file: the copy in Alpha/character01 (rotation 0) and the original, Gamma's first drawing
+    copy, original = (alpha(root, 1, 1).parent / gamma(root, 1, 1).name), gamma(root, 1, 1)
+    assert shared.examples[0] == [f"train:{copy.relative_to(root).as_posix()}",
+                                  f"test:{original.relative_to(root).as_posix()}"]
+    assert f"test:{original.relative_to(root).as_posix()} rot090" in sum(shared.examples, [])
     assert overlap[("train", "val")].shared_images.count == overlap[("val", "test")].shared_images.count == 0
     assert overlap[("train", "test")].shared_classes.count == 0
     assert any(w.check == "duplicates" and w.split == "train/test" for w in report.warnings)
 
     result = run("--data-root", root, "--quiet")
     assert result.exit_code == 0, result.output
-    assert "train / test" in result.stdout and "test:Gamma/character01/rot000[0]" in result.stdout
+    assert "train / test" in result.stdout and f"test:{original.relative_to(root).as_posix()}" in result.stdout
 
 
 def test_duplicate_within_a_split(root):
-    shutil.copy(alpha(root, 2, 4), alpha(root, 2, 4).parent / "zz_copy.png")  # sorts last: position 20
+    copy = alpha(root, 2, 4).parent / "zz_copy.png"
+    shutil.copy(alpha(root, 2, 4), copy)
     train = by_split(check(root))["train"]
     assert train.duplicates.count == ROTATIONS  # one repeated drawing in each rotation class
-    assert train.duplicates.examples[0] == ["train:Alpha/character02/rot000[3]",
-                                            f"train:Alpha/character02/rot000[{SYNTH_DRAWINGS}]"]
+    assert train.duplicates.examples[0] == [f"train:{alpha(root, 2, 4).relative_to(root).as_posix()}",
+                                            f"train:{copy.relative_to(root).as_posix()}"]
 
 
 def test_classes_shared_by_train_and_val_fail(root):
@@ -360,3 +364,23 @@ def test_shared_class_names_follow_check_disjoint(a, b):
         disjoint = False
         assert f"share {len(shared)} class(es): {', '.join(shared[:3])}" in str(e)
     assert disjoint == (shared == [])
+
+
+def test_duplicates_in_a_folder_dataset_are_named_by_file(tmp_path):
+    root = tmp_path / "photos"
+    for c in range(10):  # the default 64/16/20% split gives every split at least 2 classes
+        for k in range(3):
+            folder_image(root / f"class{c}" / f"img{k}.png", seed=10 * c + k)
+    shutil.copy(root / "class1" / "img0.png", root / "class1" / "img9.png")
+    result = CliRunner().invoke(cli, ["data", "check", "--dataset", "folder", "--data-root", str(root),
+                                      "--split-seed", "0", "--ways", "2", "--shots", "1", "--queries", "1",
+                                      "--json"])
+    report = json.loads(result.stdout)
+    found = [w for w in report["warnings"] if w["check"] == "duplicates"]
+    assert len(found) == 1 and "class1/img0.png" in found[0]["message"] and "class1/img9.png" in found[0]["message"]
+
+
+def folder_image(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(path)

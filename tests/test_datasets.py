@@ -38,6 +38,8 @@ def test_zip_and_folder_layouts_give_identical_tensors(synthetic_omniglot):
         assert torch.equal(a.images, b.images)
         assert torch.equal(a.labels, b.labels)
         assert a.class_names == b.class_names == s.splits[split]
+        # each item named by its member: in the zip (`archive.zip:member`) or relative to the root
+        assert [name.split(":", 1)[1] for name in a.sources] == b.sources and len(b.sources) == len(b.labels)
 
 
 def test_shapes_range_and_grouped_labels(synthetic_omniglot):
@@ -63,6 +65,8 @@ def test_preprocessing_matches_pil_reference(synthetic_omniglot):
         img = Image.open(io.BytesIO(zf.read(first))).convert("L").resize((28, 28), Image.Resampling.LANCZOS)
     expected = 255 - torch.from_numpy(np.array(img, dtype=np.uint8))
     assert torch.equal(d.images[0, 0], expected)
+    assert d.sources[0] == f"images_background.zip:{first}"
+    assert d.sources[d.images_per_class] == f"images_background.zip:{first} rot090"  # class 1: rotated 90
 
 
 def test_rotations_are_counterclockwise_rotations(synthetic_omniglot):

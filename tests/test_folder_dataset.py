@@ -354,6 +354,11 @@ def test_corrupt_image_names_the_file_or_is_skipped(tmp_path):
     assert len(d.skipped) == 1 and str(bad) in d.skipped[0]
     assert d.class_counts.tolist() == [3, 2, 3]
     assert not list((root / ".cache").glob("folder-train-*.pt")), "a split with holes is never cached"
+    # the sources stay aligned with the images: the skipped file is not among them
+    assert d.sources == [f"train/{name}/img{k}.png" for name in ("ant", "cat", "dog") for k in range(3)
+                         if (name, k) != ("cat", 1)]
+    for i, source in enumerate(d.sources):
+        assert torch.equal(d.images[i], decoded([root / source])[0])
 
 
 def test_an_empty_class_folder_is_named_before_anything_is_decoded(tmp_path):
@@ -392,6 +397,8 @@ def test_second_load_is_served_from_the_cache(tmp_path, monkeypatch):
     for s in SPLITS:
         assert torch.equal(first[s].images, again[s].images) and torch.equal(first[s].labels, again[s].labels)
         assert first[s].class_names == again[s].class_names
+        assert first[s].sources == again[s].sources and len(again[s].sources) == len(again[s].labels)
+        assert all((root / source).is_file() for source in again[s].sources)
 
 
 def test_changed_or_added_image_misses_the_cache(tmp_path, monkeypatch):

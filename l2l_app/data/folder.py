@@ -278,9 +278,10 @@ class ClassFolders(Dataset):
                     kept = [a for a in arrays[start:start + len(class_paths)] if a is not None]
                     per_class_images.append(images.to_chw(kept, self.mode, self.image_size))
                     start += len(class_paths)
+                sources = [images.relative_name(p, source.root) for p, a in zip(paths, arrays) if a is not None]
                 ignored = source.strays[s] + [entry for _, class_ignored in per_class for entry in class_ignored]
                 out[s] = SplitData.from_classes(per_class_images, source.assignment[s], self.name, s, files[s],
-                                                bad.files, ignored)
+                                                bad.files, ignored, sources)
         return out
 
 

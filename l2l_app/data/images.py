@@ -41,6 +41,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".webp", ".gif", "
 COLOUR_SPREAD = 12.0
 
 
+def relative_name(path: Path, root: Path) -> str:
+    """`path` relative to the data root `root` where it lies inside it (how messages and `data
+    check` name files), else the whole path."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def is_hidden(name: str) -> bool:
     """A hidden file or folder ('.DS_Store', '.cache', '.git'): never data."""
     return name.startswith(".")
@@ -194,6 +203,10 @@ class ArchiveReader:
     def describe(self, member: str) -> str:
         """Where `member` is, for messages: `archive.zip:member` or the file's path."""
         return f"{self.path}:{member}" if self.kind == "zip" else str(self.path / member)
+
+    def source_name(self, member: str, root: Path) -> str:
+        """`member` as `SplitData.sources` names it: `archive.zip:member`, or its path relative to `root`."""
+        return f"{self.path.name}:{member}" if self.kind == "zip" else relative_name(self.path / member, root)
 
     def read(self, member: str) -> bytes:
         try:

@@ -197,8 +197,10 @@ class MiniImageNet(Dataset):
                 bad = images.BadImages(skip_bad_images)
                 paths = [p for class_paths in groups.values() for p in class_paths]
                 arrays = images.decode_files(paths, self.mode, self.image_size, self.resize, bad, bar)
+                sources = [images.relative_name(p, source.root) for p, a in zip(paths, arrays) if a is not None]
                 per_class = self._stack_classes(arrays, [len(class_paths) for class_paths in groups.values()])
-                out[s] = SplitData.from_classes(per_class, list(groups), self.name, s, files[s], bad.files)
+                out[s] = SplitData.from_classes(per_class, list(groups), self.name, s, files[s], bad.files,
+                                                sources=sources)
         return out
 
     def _check_listed_images_exist(self, classes: Dict[str, Dict[str, List[Path]]], files: Dict[str, Path]) -> None:

@@ -145,6 +145,7 @@ class Omniglot(Dataset):
         lines = {s: read_omniglot_split(f) for s, f in files.items()}
         needed = self._needed_characters(source, lines, files)
         base: Dict[Tuple[str, str], torch.Tensor] = {}  # (alphabet, char) -> uint8 [n, C, size, size]
+        decoded: Dict[Tuple[str, str], List[str]] = {}  # (alphabet, char) -> the members decoded, in order
         bad = images.BadImages(skip_bad_images)
         size = self.image_size
         total = sum(len(m) for _, m in needed.values())
@@ -161,6 +162,7 @@ class Omniglot(Dataset):
                                                                         self.mode, size, self.resize)
                             if arr is not None:
                                 arrs.append(arr)
+                                decoded.setdefault(key, []).append(reader.source_name(m, source.root))
                         base[key] = 255 - images.to_chw(arrs, self.mode, size)  # invert: strokes 255, background 0
                         bar.advance(len(members))
         out = {}
@@ -169,7 +171,9 @@ class Omniglot(Dataset):
             names = [f"{alphabet}/{char}/rot{deg:03d}" for alphabet, char, deg in entries]
             chars = {(a, ch) for a, ch, _ in entries}
             skipped = [f for f in bad.files if any(f"/{a}/{ch}/" in f for a, ch in chars)]
-            out[s] = SplitData.from_classes(imgs, names, self.name, s, files[s], skipped)
+            sources = [f"{member} rot{deg:03d}" if deg else member
+                       for alphabet, char, deg in entries for member in decoded.get((alphabet, char), [])]
+            out[s] = SplitData.from_classes(imgs, names, self.name, s, files[s], skipped, sources=sources)
         return out
 
     def _needed_characters(self, source: OmniglotSource, lines: Dict[str, List[Tuple[str, str, int]]],

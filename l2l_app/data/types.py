@@ -39,7 +39,9 @@ class SplitData:
     names class c.  `dataset` / `split` only serve messages.  `skipped` lists the unreadable
     images left out when loaded with ``skip_bad_images`` ("path: reason"); `ignored` the files
     that were not images at all (hidden files, text files; class-folder datasets), counted by
-    `l2l-app data check`.
+    `l2l-app data check`.  `sources[i]`, where the dataset records it, says where item i came
+    from (a path relative to the data root, an archive member), so `data check` can name files;
+    empty otherwise.
     """
 
     images: torch.Tensor
@@ -49,6 +51,7 @@ class SplitData:
     split: str = ""
     skipped: List[str] = field(default_factory=list)  # images left out by skip_bad_images (file: reason)
     ignored: List[str] = field(default_factory=list)  # files that are not images (relative paths)
+    sources: List[str] = field(default_factory=list)  # per item: where it came from ([] when not recorded)
 
     def __post_init__(self) -> None:
         is_image = self.images.dim() == 4 and self.images.dtype == torch.uint8
@@ -59,13 +62,16 @@ class SplitData:
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError(f"labels must be [N={self.images.shape[0]}], got {tuple(self.labels.shape)}")
         self.labels = self.labels.long()
+        if self.sources and len(self.sources) != self.images.shape[0]:
+            raise ValueError(f"sources must name all {self.images.shape[0]} items, got {len(self.sources)}")
 
     @classmethod
     def from_classes(cls, images: Sequence[torch.Tensor], names: Sequence[str], dataset: str, split: str,
-                     split_file: Path, skipped: Sequence[str] = (), ignored: Sequence[str] = ()) -> "SplitData":
+                     split_file: Path, skipped: Sequence[str] = (), ignored: Sequence[str] = (),
+                     sources: Sequence[str] = ()) -> "SplitData":
         """Per-class uint8 images (`images[c]`: [n_c, H, W] or [n_c, C, H, W], class `names[c]`; or
-        float32 vectors [n_c, D]) -> a
-        SplitData with labels 0..len(names)-1 in that order; DataError (naming `split_file`) when the
+        float32 vectors [n_c, D]) -> a SplitData with labels 0..len(names)-1 in that order, `sources`
+        naming the items in the same order (or empty); DataError (naming `split_file`) when the
         split has fewer than 2 classes or a class has fewer than 2 images."""
         if len(names) < 2:
             raise DataError(f"too few classes in the {dataset} {split} split ({split_file}): found {len(names)}, "
@@ -83,7 +89,8 @@ class SplitData:
         if stacked.dim() == 3:
             stacked = stacked.unsqueeze(1)
         labels = torch.cat([torch.full((x.shape[0],), c, dtype=torch.long) for c, x in enumerate(images)])
-        return cls(stacked.contiguous(), labels, list(names), dataset, split, list(skipped), list(ignored))
+        return cls(stacked.contiguous(), labels, list(names), dataset, split, list(skipped), list(ignored),
+                   list(sources))
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
