@@ -16,5 +16,5 @@ for workload in "maml --inner-steps 1" "protonet"; do
   name=${workload%% *}
   (cd "$OLD" && PYTHONPATH="$OLD" "$PY" -m l2l_app.cli bench "${common[@]}" --algo $workload \
     --out "$OLDPWD/$OUT/$name-before" | tail -3)
-  PYTHONPATH="$PWD" "$PY" -m l2l_app.cli bench "${common[@]}" --algo $workload --out "$OUT/$name-after" | tail -3
+  PYTHONPATH="$PWD" "$PY" -m l2l_app.cli bench "${common[@]}" --algo $workload --out "$OUT/$name-after" --overwrite | tail -3
 done

@@ -15,7 +15,7 @@ DEVICE=${DEVICE:-auto}
 IMPLS=${IMPLS:-loop,torchmeta,batched,batched-compiled}
 OUT=${OUT:-benchmarks/results/bench-$(hostname -s)-$(date +%Y%m%d-%H%M)}
 args=(--algo maml --dataset omniglot --ways 5 --shots 1 --queries 15 --meta-batch 32 --inner-steps 1
-      --impl "$IMPLS" --device "$DEVICE" --with-sampler --out "$OUT")
+      --impl "$IMPLS" --device "$DEVICE" --with-sampler --out "$OUT" --overwrite)
 if [[ "${SWEEPS:-1}" != 0 ]]; then
   args+=(--sweep meta-batch=1,4,16,32,64 --sweep inner-steps=1,2,5,10)
 fi

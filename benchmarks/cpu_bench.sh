@@ -8,7 +8,7 @@ set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-benchmarks/results/cpu}
-common=(--device cpu --meta-batch 32 --warmup 1 --repeats 3)
+common=(--device cpu --meta-batch 32 --warmup 1 --repeats 3 --overwrite)
 $PY -m l2l_app.cli bench "${common[@]}" --algo maml --inner-steps 1 --impl loop,torchmeta,batched --out "$OUT/maml-omniglot-5w1s"
 $PY -m l2l_app.cli bench "${common[@]}" --algo maml --first-order --inner-steps 1 --impl loop,torchmeta,batched --out "$OUT/fomaml-omniglot-5w1s"
 $PY -m l2l_app.cli bench "${common[@]}" --algo reptile --inner-steps 5 --with-sampler --impl loop,batched --out "$OUT/reptile-omniglot-5w1s"

@@ -26,7 +26,7 @@ for recipe in $RECIPES; do
   case "$recipe" in *miniimagenet*) extra=(--synthetic) ;; esac
   echo "[$(date +%T)] $recipe"
   $PY -m l2l_app.cli bench --recipe "$recipe" --device cpu --impl loop,batched --with-sampler \
-    --warmup 1 --repeats 3 --out "$OUT/$recipe" "${extra[@]}" >>"$OUT/bench.log" 2>&1 \
+    --warmup 1 --repeats 3 --out "$OUT/$recipe" --overwrite "${extra[@]}" >>"$OUT/bench.log" 2>&1 \
     && grep "^| \(loop\|batched\) " "$OUT/$recipe/bench.md" || { echo "  $recipe: bench failed"; tail -3 "$OUT/bench.log"; }
 done
 

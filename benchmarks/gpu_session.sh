@@ -65,7 +65,8 @@ pack() {
 bench() {  # bench NAME TIMEOUT ARGS...
   local name=$1 limit=$2; shift 2
   stamp "bench $name"
-  timeout "$limit" $PY -m l2l_app.cli bench --device "$DEVICE" "${TIMES[@]}" --out "$RES/$name" "$@" "${SMALL[@]}" \
+  timeout "$limit" $PY -m l2l_app.cli bench --device "$DEVICE" "${TIMES[@]}" --out "$RES/$name" --overwrite \
+    "$@" "${SMALL[@]}" \
     2>&1 | grep -v "^\s*$" | tail -16 || stamp "bench $name failed or timed out"
   pack
 }

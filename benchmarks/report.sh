@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 L2L_APP="${L2L_APP:-.venv/bin/l2l-app}"
 out=benchmarks/results/report
-"$L2L_APP" report benchmarks/results/runs/*/ --out "$out"
+"$L2L_APP" report benchmarks/results/runs/*/ --out "$out" --overwrite
 if command -v chromium >/dev/null 2>&1; then
   chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,4000 \
     --screenshot="$out/report-screenshot.png" "file://$PWD/$out/report.html" 2>/dev/null

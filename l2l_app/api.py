@@ -18,9 +18,12 @@ decoded-data cache stays, as the CLI's does).
 """
 from __future__ import annotations
 
+import numbers
+import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Hashable, Optional, Sequence, Union
+from typing import Any, Hashable, List, Optional, Sequence, Union
 
 from torch import nn
 
@@ -39,6 +42,71 @@ PathLike = Union[str, Path]
 PredictionResult = Predictions
 
 
+# ------------------------------------------------------------------------------ argument checks
+def _got(value: Any) -> str:
+    """'int 5' / 'NoneType None': what a caller passed, for messages."""
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 60 else shown[:57] + '...'}"
+
+
+def _path(call: str, name: str, value: Any, optional: bool = False) -> Optional[Path]:
+    """`value` as a Path (None stays None when `optional`); ConfigError for anything but str or os.PathLike."""
+    if value is None and optional:
+        return None
+    if isinstance(value, str) and value.strip():
+        return Path(value)
+    if isinstance(value, os.PathLike) and not isinstance(value, bytes):
+        return Path(value)
+    raise ConfigError(f"{call}: {name} must be a path (a str or pathlib.Path), got {_got(value)}")
+
+
+def _text(call: str, name: str, value: Any, optional: bool = False) -> Optional[str]:
+    """`value` checked to be a str (or None when `optional`)."""
+    if (value is None and optional) or isinstance(value, str):
+        return value
+    return _refuse(call, name, value, "text (a str)" + (" or None" if optional else ""))
+
+
+def _whole(call: str, name: str, value: Any) -> Optional[int]:
+    """`value` checked to be a whole number (not a bool) or None; returned as an int."""
+    if value is None:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return _refuse(call, name, value, "a whole number or None")
+
+
+def _flag(call: str, name: str, value: Any) -> bool:
+    """`value` checked to be True or False."""
+    if isinstance(value, bool):
+        return value
+    return _refuse(call, name, value, "True or False")
+
+
+def _refuse(call: str, name: str, value: Any, wanted: str) -> Any:
+    raise ConfigError(f"{call}: {name} must be {wanted}, got {_got(value)}")
+
+
+def _items(call: str, name: str, value: Any) -> None:
+    """Support or query images: a tensor, a path / bytes / PIL image, or a list of them."""
+    from PIL import Image
+
+    import torch
+
+    if isinstance(value, (torch.Tensor, str, bytes, os.PathLike, Image.Image)):
+        return
+    if isinstance(value, Iterable) and not isinstance(value, Mapping):
+        return
+    _refuse(call, name, value, "a list of image paths or PIL images, or a tensor of images")
+
+
+def _labels(call: str, value: Any) -> None:
+    """Support labels: a list of class names (one per support image).  None, text or a path go on to
+    `classify`, which points to `predict_folder`."""
+    if value is not None and not isinstance(value, (Iterable, os.PathLike)):
+        _refuse(call, "support_labels", value, "a list of class names, one per support image")
+
+
 class Run:
     """A trained run, loaded from its directory: the model of checkpoint `checkpoint` with the
     run's config and input preprocessing, on `device` (None: the run's setting, 'auto').
@@ -49,8 +117,9 @@ class Run:
     def __init__(self, path: PathLike, checkpoint: str = "best", device: Optional[str] = None, *,
                  summary: Optional[TrainSummary] = None,
                  temporary: Optional[tempfile.TemporaryDirectory] = None) -> None:
-        self.path = Path(path)
-        self.checkpoint = checkpoint
+        self.path = _path("Run()", "the run directory", path)
+        self.checkpoint = _text("Run()", "checkpoint", checkpoint)
+        device = _text("Run()", "device", device, optional=True)
         self.summary = summary
         self._temporary = temporary  # removed with it (close() or garbage collection)
         self._experiment, self._loaded = Experiment.from_run(self.path, checkpoint, device=device)
@@ -99,10 +168,16 @@ class Run:
         """Mean accuracy and 95% CI over fixed-seed episodes, exactly as `l2l-app eval` computes it.
         None: the run's own setting.  `save`: also write the result file into the run directory (as
         `l2l-app eval` does); by default nothing is written."""
+        call = "Run.evaluate()"
+        episodes, ways, shots, queries, seed = (_whole(call, name, value) for name, value in (
+            ("episodes", episodes), ("ways", ways), ("shots", shots), ("queries", queries), ("seed", seed)))
+        split, dataset = _text(call, "split", split), _text(call, "dataset", dataset, optional=True)
+        root = _path(call, "data_root", data_root, optional=True)
+        progress, save = _flag(call, "progress", progress), _flag(call, "save", save)
         self._check_files("evaluate")
         return evaluate_run(self.path, split=split, episodes=episodes, checkpoint=self.checkpoint, seed=seed,
                             device=self.device, progress=progress, ways=ways, shots=shots, queries=queries,
-                            dataset=dataset, data_root=None if data_root is None else str(data_root), save=save)
+                            dataset=dataset, data_root=None if root is None else str(root), save=save)
 
     def predict(self, support_images: Items, support_labels: Sequence[Hashable], query_images: Items,
                 query_names: Optional[Sequence[str]] = None) -> Predictions:
@@ -114,13 +189,26 @@ class Run:
         names, one per support image; the result speaks them (`.predicted`, `.classes`,
         `.probabilities` float64 [Nq, ways], `.table()`, `.to_csv(path)`, `.to_json()`).
         """
+        call = "Run.predict()"
+        _items(call, "support_images", support_images)
+        _labels(call, support_labels)
+        _items(call, "query_images", query_images)
+        if query_names is not None and (isinstance(query_names, (str, bytes)) or not isinstance(query_names, Iterable)):
+            _refuse(call, "query_names", query_names, "a list of names, one per query image, or None")
         info = run_info(self._experiment, self.path, self._loaded)
         return classify(self._experiment, support_images, support_labels, query_images, query_names, info)
 
     def predict_folder(self, support_dir: PathLike, queries: Sequence[PathLike]) -> Predictions:
         """`l2l-app predict`: the classes are the sub-folders of `support_dir` (a few images each,
         sorted by name), the queries image files or folders of images (recursively); rows named by path."""
-        support, labels, query_paths = folder_inputs(self.config, self.preprocessing, support_dir, queries)
+        call = "Run.predict_folder()"
+        support_dir = _path(call, "support_dir", support_dir)
+        if isinstance(queries, (str, os.PathLike)):
+            queries = [queries]  # one image file or folder
+        if isinstance(queries, (bytes, Mapping)) or not isinstance(queries, Iterable):
+            _refuse(call, "queries", queries, "a list of image files or folders")
+        query_list: List[Path] = [_path(call, "each query", q) for q in queries]  # type: ignore[misc]
+        support, labels, query_paths = folder_inputs(self.config, self.preprocessing, support_dir, query_list)
         info = run_info(self._experiment, self.path, self._loaded)
         return classify(self._experiment, support, labels, query_paths, [str(q) for q in query_paths], info,
                         class_word="class folders")
@@ -130,8 +218,11 @@ class Run:
         'state-dict' or 'onnx', with the JSON sidecar `out`.json; checked against the run's model before
         anything is written; an existing file is replaced only with `overwrite`."""
         from .export import export_run
+        call = "Run.export()"
+        out_path = _path(call, "out", out)
+        format, overwrite = _text(call, "format", format), _flag(call, "overwrite", overwrite)
         self._check_files("export")
-        return export_run(self.path, Path(out), format, self.checkpoint, overwrite)
+        return export_run(self.path, out_path, format, self.checkpoint, overwrite)
 
     def _check_files(self, what: str) -> None:
         if self._temporary is not None and not self.path.is_dir():
@@ -172,12 +263,14 @@ def train(config: Union[ExperimentConfig, PathLike, None] = None, *, out: Option
     Bad settings raise ConfigError/DataError (one line) before anything is written.
     """
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    _check_train_arguments(config, out, recipe, progress, overwrite, resume)
     if resume is not None:
         if config is not None or recipe is not None or out is not None or overwrite:
             raise ConfigError("train(resume=RUN_DIR) continues that run with its own settings; drop config=, "
                               "recipe=, out= and overwrite=")
-        trainer = Trainer(resume_config(Path(resume), settings), Path(resume), resume=True, progress=progress)
-        return Run(resume, "best", summary=trainer.fit())
+        resume_dir = _path("train()", "resume", resume)
+        trainer = Trainer(resume_config(resume_dir, settings), resume_dir, resume=True, progress=progress)
+        return Run(resume_dir, "best", summary=trainer.fit())
     if isinstance(config, ExperimentConfig):
         if recipe is not None:
             raise ConfigError("train(): a config object already holds every setting; pass recipe= with keyword "
@@ -197,9 +290,28 @@ def train(config: Union[ExperimentConfig, PathLike, None] = None, *, out: Option
         raise
 
 
+def _check_train_arguments(config: Any, out: Any, recipe: Any, progress: Any, overwrite: Any, resume: Any) -> None:
+    """`train()`'s own arguments checked for type (the settings are checked by `compose`)."""
+    call = "train()"
+    if isinstance(config, Mapping):
+        shown = ", ".join(f"{k}={v!r}" for k, v in list(config.items())[:3]) or "ways=5"
+        raise ConfigError(f"{call}: got a dict as its config argument; pass settings as keywords, e.g. "
+                          f"l2l_app.train({shown}) or l2l_app.train(**settings)")
+    if config is not None and not isinstance(config, (ExperimentConfig, str, os.PathLike)):
+        _refuse(call, "config", config, "an ExperimentConfig or the path of a TOML/JSON settings file (settings "
+                "go as keywords: train(ways=5))")
+    _path(call, "out", out, optional=True)
+    _path(call, "resume", resume, optional=True)
+    _text(call, "recipe", recipe, optional=True)
+    _flag(call, "progress", progress)
+    _flag(call, "overwrite", overwrite)
+
+
 def load(run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None) -> Run:
     """The trained run in `run_dir` (checkpoint 'best' or 'last'), on `device` (None: the run's)."""
-    return Run(run_dir, checkpoint, device)
+    call = "load()"
+    return Run(_path(call, "run_dir", run_dir), _text(call, "checkpoint", checkpoint),
+               _text(call, "device", device, optional=True))
 
 
 __all__ = ["PredictionResult", "Predictions", "Run", "load", "train"]

@@ -9,6 +9,7 @@ NaN (or, under torchrun, by a rank that died) exits 1; one stopped by SIGINT/SIG
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -120,6 +121,8 @@ def _component_defaults(name: str) -> Dict[str, Any]:
         return {n: getattr(d, attr) for n, d in DATASETS.items() if name in d.options}
     if name in MODEL_OPTIONS:
         return {n: b.defaults.get(name) for n, b in BACKBONES.items() if name in b.options}
+    if any(name in spec.optimizer.defaults for _, spec in ALGORITHMS.items()):  # Reptile's epsilon
+        return {algo: spec.optimizer.defaults.get(name, DEFAULTS[name]) for algo, spec in ALGORITHMS.items()}
     return {}
 
 
@@ -263,6 +266,11 @@ def train_options(fn: Callable) -> Callable:
     return fn
 
 
+#: errno values of an OSError naming a file that the CLI reports as an output it cannot write
+WRITE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                          errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.ENAMETOOLONG})
+
+
 class OneLineErrors(click.Group):
     """A click group that prints every error as one line and exits 2 (never a traceback)."""
 
@@ -292,6 +300,11 @@ class OneLineErrors(click.Group):
             sys.exit(2)
         except L2LAppError as exc:
             _error(str(exc))
+            sys.exit(2)
+        except OSError as exc:  # a safety net: an output that could not be written, not a traceback
+            if exc.filename is None or exc.errno not in WRITE_ERRNOS:
+                raise
+            _error(f"cannot write {exc.filename}: {exc.strerror or exc}; choose another --out or fix its permissions")
             sys.exit(2)
 
 
@@ -396,7 +409,9 @@ def _eval_option(*decls: str, shown: Optional[str] = None, **kwargs: Any) -> Cal
 @_eval_option("--seed", type=int, shown=f"the run's eval seed ({DEFAULTS['eval_seed']})", help="episode seed")
 @_eval_option("--device", shown="the run's", help="auto | cpu | cuda | cuda:N")
 @_eval_option("--engine", type=Choices(ENGINES), shown="the run's", help="meta-learner engine")
-@_eval_option("--ways", type=int, shown="the run's", help="episode classes (MAML/Reptile: the run's only)")
+@_eval_option("--ways", type=int, shown="the run's",
+              help="episode classes (" + ", ".join(n for n, spec in ALGORITHMS.items() if spec.head)
+              + ": an N-way output layer, so the run's N only)")
 @_eval_option("--shots", type=int, shown="the run's", help="support images per class")
 @_eval_option("--queries", type=int, shown="the run's", help="query images per class")
 @_eval_option("--dataset", type=Choices(DATASETS.names()), shown="the run's",
@@ -485,7 +500,8 @@ def recipes(as_json) -> None:
 @click.option("--conv-impl", type=Choices(CONV_IMPLS), default="native", show_default=True, help=CONV_IMPL_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for bench.json, bench.md, plots")
-def bench(out, impls, sweeps, recipe, algo, **settings) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an earlier bench in --out (once the new one is written)")
+def bench(out, overwrite, impls, sweeps, recipe, algo, **settings) -> None:
     """Time one meta-training step of each implementation on the same weights and episodes.
 
     The workload is set like a training run's (the algorithm's own settings included), or with
@@ -513,7 +529,7 @@ def bench(out, impls, sweeps, recipe, algo, **settings) -> None:
                          and k not in given})
     s = BenchSettings(algo=algo, algorithm=own, impls=parse_impls(impls), recipe=recipe,
                       sweeps=dict(parse_sweep(t) for t in sweeps), **settings)
-    result = run_bench(s, out)
+    result = run_bench(s, out, overwrite=overwrite)
     for r in result["results"]:
         if r.get("status") == "ok":
             up = r.get("speedup_vs_loop")
@@ -582,9 +598,9 @@ def predict(run_dir: Path, support_dir: Path, queries: Tuple[Path, ...], out: Op
     The images are decoded and normalised like the run's training images.  Models with an
     N-way output layer (MAML, Reptile, ...) need exactly N class folders; ProtoNet takes any number.
     """
-    from .predict import check_output_file, predict_folder
+    from .predict import check_predict_output, predict_folder
     if out is not None:
-        check_output_file(out, overwrite)
+        check_predict_output(out, overwrite, run_dir, support_dir, queries)
     result = predict_folder(run_dir, support_dir, queries, checkpoint=checkpoint, device=device)
     click.echo(result.to_json() if as_json else result.table())
     for note in result.notes:
@@ -614,10 +630,11 @@ def export_cmd(run_dir: Path, fmt: str, out: Path, checkpoint: str, overwrite: b
 @cli.command()
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="folder for report.md/.html and PNGs")
-def report(run_dirs, out) -> None:
+@click.option("--overwrite", is_flag=True, help="replace an earlier report in --out (once the new one is written)")
+def report(run_dirs, out, overwrite) -> None:
     """Markdown + HTML report of runs: test accuracy vs the published number, learning curves, configs."""
     from .report import build_report
-    paths = build_report(run_dirs, out)
+    paths = build_report(run_dirs, out, overwrite=overwrite)
     click.echo(f"written {paths['md']} and {paths['html']}")
 
 

@@ -354,7 +354,8 @@ def not_one_of(option: str, value: Any, allowed: Iterable[str]) -> str:
     return f"{option} {value!r} is not one of {', '.join(allowed)}{hint}"
 
 
-def _check_names(values: Mapping[str, Any]) -> None:
+def check_names(values: Mapping[str, Any]) -> None:
+    """ConfigError naming the first unknown setting name (with the closest known one)."""
     for name in values:
         if name != "recipe" and name not in FIELD_GROUP:
             close = _closest(name, FIELD_GROUP)
@@ -368,7 +369,7 @@ def from_flat(values: Mapping[str, Any], lenient: bool = False) -> ExperimentCon
     A value for a setting the algorithm does not use raises a ConfigError, or is dropped when
     `lenient` (reading a saved config, where such values are null or stale).
     """
-    _check_names(values)
+    check_names(values)
     algo = values.get("algo") or DEFAULT_ALGORITHM
     if algo not in ALGORITHMS:
         raise ALGORITHMS.unknown(algo)
@@ -390,7 +391,7 @@ def _replace(config: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentC
 
     Choosing another algorithm starts its settings from that algorithm's defaults.
     """
-    _check_names(values)
+    check_names(values)
     current = config.flat()
     if "algo" in values and values["algo"] != config.algo:
         current = {n: v for n, v in current.items() if not is_algorithm_setting(n)}
@@ -592,8 +593,10 @@ def check_applicable(config: ExperimentConfig, given: Mapping[str, str]) -> None
     batched engine's settings with --engine loop, and --max-memory with --chunk-size.
     """
     algo, engine = config.algo, config.run.engine
-    chosen = f"--algo {algo}" + ("" if "algo" in given else f" (of --recipe {config.recipe})" if config.recipe
-                                 else " (the default)")
+    if "algo" in given:
+        chosen = f"--algo {algo}" if given["algo"].startswith("--") else f"{algo} ({given['algo']})"
+    else:
+        chosen = f"--algo {algo}" + (f" (of --recipe {config.recipe})" if config.recipe else " (the default)")
     by_algos: Dict[Tuple[str, ...], List[str]] = {}
     for name, label in given.items():
         if not applies(name, algo):
@@ -635,7 +638,11 @@ def _only(labels: List[str], users: str, chosen: str, other: str) -> str:
 def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
     """Rebuild a config from `to_dict()` output (config.json), including those of older versions:
     nulls (not applicable) and settings the algorithm does not use are dropped, and a setting is
-    taken from whichever group it was written in (meta_lr_final used to be an optimiser setting)."""
+    taken from whichever group it was written in (meta_lr_final used to be an optimiser setting).
+    A run's config.json is checked first by `check_run_config` (`load_json`)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"expected the settings as a JSON object of groups ({', '.join(GROUPS)}), "
+                          f"got {_json_kind(data)}")
     values: Dict[str, Any] = {}
     for group, entries in data.items():
         if group in GROUPS and isinstance(entries, dict):
@@ -644,11 +651,73 @@ def from_dict(data: Dict[str, Any]) -> ExperimentConfig:
     return from_flat(values, lenient=True)
 
 
+#: the top-level keys of a run's config.json besides GROUPS
+RUN_CONFIG_EXTRA_KEYS = ("recipe",)
+
+
+def _json_kind(value: Any) -> str:
+    """How a parsed JSON value is named in messages: 'a list', 'a number', 'null'."""
+    if value is None:
+        return "null"
+    kinds = {bool: "true/false", dict: "an object", list: "a list", str: "text", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def run_config_problem(data: Any) -> Optional[str]:
+    """What is wrong with the parsed config.json of a run (None: nothing `from_dict` cannot read).
+
+    Every group of GROUPS must be there as an object, and nothing but GROUPS and `recipe` at the top
+    level (a run writes all of them; a missing group would silently take the defaults).  The
+    algorithm group must name its `algo`.  Keys missing inside a group are allowed: settings added
+    after the run was written take their defaults.
+    """
+    if not isinstance(data, dict):
+        return f"expected a JSON object of setting groups, got {_json_kind(data)}"
+    missing = [g for g in GROUPS if g not in data]
+    if missing:
+        return f"missing the {listing([repr(g) for g in missing], 'and')} group{'s' * (len(missing) > 1)}"
+    unknown = [k for k in data if k not in GROUPS and k not in RUN_CONFIG_EXTRA_KEYS]
+    if unknown:
+        return (f"unknown group{'s' * (len(unknown) > 1)} {listing([repr(k) for k in unknown], 'and')} "
+                f"(a run's config.json holds {', '.join(GROUPS)} and recipe)")
+    bad = [g for g in GROUPS if not isinstance(data[g], dict)]
+    if bad:
+        return f"the {bad[0]!r} group is {_json_kind(data[bad[0]])}, not an object of settings"
+    if not isinstance(data["algorithm"].get("algo"), str):
+        return "the 'algorithm' group names no algorithm ('algo')"
+    if data.get("recipe") is not None and not isinstance(data["recipe"], str):
+        return f"'recipe' is {_json_kind(data['recipe'])}, not a recipe name or null"
+    return None
+
+
 def load_json(path: Path) -> ExperimentConfig:
+    """The config of a run from its config.json (`path`), checked by `run_config_problem`.
+
+    A missing, unreadable, truncated or damaged file is a one-line ConfigError naming it and the fix.
+    """
+    path = Path(path)
+    fix = "restore it from a copy of the run"
     try:
-        return from_dict(json.loads(Path(path).read_text()))
-    except (OSError, json.JSONDecodeError, TypeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}; check that it exists and that "
+                          f"you may read it") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"run config {path} is damaged: it is not UTF-8 text; {fix}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run config {path} is damaged: it is not valid JSON ({exc}); {fix}") from None
+    problem = run_config_problem(data)
+    if problem is not None:
+        raise ConfigError(f"run config {path} is damaged: {problem}; {fix}")
+    try:
+        return from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"run config {path} holds settings this l2l-app cannot use: {exc}; {fix}, or use "
+                          f"the l2l-app version that wrote it") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"run config {path} is damaged: {' '.join(str(exc).split())}; {fix}") from None
 
 
 def _parse_settings(path: Path) -> Any:
@@ -808,13 +877,15 @@ def compose(flags: Mapping[str, Any], recipe: Optional[str] = None,
     file_settings = expand_algo_alias(raw_file, source)
     flag_settings = expand_algo_alias(raw_flags)
     merged = {**recipe_settings, **file_settings, **flag_settings}
-    _check_names(merged)
+    check_names(merged)
     algo = merged.get("algo") or DEFAULT_ALGORITHM
     if algo not in ALGORITHMS:
         raise ALGORITHMS.unknown(algo)
-    before = {**DEFAULTS, **algorithm_defaults(algo), **recipe_settings}
+    optimizer_defaults = dict(ALGORITHMS[algo].optimizer.defaults)  # Reptile's epsilon
+    merged = {**optimizer_defaults, **merged}
+    before = {**DEFAULTS, **algorithm_defaults(algo), **optimizer_defaults, **recipe_settings}
     given = {name: f"{name} in {source}" for name, value in file_settings.items()
-             if name not in before or value != before[name]}
+             if name not in before or value != before[name] or name == "algo"}  # algo: named as chosen
     given.update({name: flag(name, value) for name, value in flag_settings.items()})
     config = from_flat({**{n: v for n, v in merged.items() if applies(n, algo)}, "recipe": recipe})
     check_applicable(config, given)

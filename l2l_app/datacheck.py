@@ -156,7 +156,7 @@ class DataCheckReport:
         where = f" at {self.data_root}" if self.data_root else ""
         lines = [f"{self.dataset}{where}; train episodes: {_shape_text(self.train_shape)}; "
                  f"val/test episodes: {_shape_text(self.eval_shape)}", ""]
-        head = ("split", "classes", "images", "per class min/median/max", "need", "too small", "skipped",
+        head = ("split", "classes", "images", "per class min/median/max", "need", "too small", "unreadable",
                 "ignored", "duplicates")
         rows = [head] + [_split_row(s) for s in self.splits if s.error is None]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -122,12 +122,15 @@ def rank_device(requested: str, launch: Launch) -> torch.device:
     return torch.device("cuda", index)
 
 
-def check_tasks(meta_batch: int, world_size: int) -> None:
-    """ConfigError unless every one of `world_size` ranks gets at least one of the meta-batch's tasks."""
+def check_tasks(meta_batch: int, world_size: int, resume: bool = False) -> None:
+    """ConfigError unless every one of `world_size` ranks gets at least one of the meta-batch's tasks
+    (a resumed run keeps its meta-batch: then only fewer processes help)."""
     if meta_batch < world_size:
+        fix = (f"resume it with at most {meta_batch} processes (--nproc_per_node; a resumed run keeps its "
+               f"meta-batch)" if resume else
+               f"use --meta-batch {world_size} or more, or fewer processes (--nproc_per_node)")
         raise ConfigError(f"--meta-batch {meta_batch} is smaller than the {world_size} processes torchrun started: "
-                          f"every rank needs at least one task; use --meta-batch {world_size} or more, or fewer "
-                          f"processes (--nproc_per_node)")
+                          f"every rank needs at least one task; {fix}")
 
 
 def shard_bounds(num_tasks: int, rank: int, world_size: int) -> Tuple[int, int]:
@@ -461,18 +464,19 @@ class NoRunDirectory:
     discard = release = commit
 
 
-def join(device: str = "auto", meta_batch: Optional[int] = None) -> World:
+def join(device: str = "auto", meta_batch: Optional[int] = None, resume: bool = False) -> World:
     """This process's World: under torchrun, join the job's process group (gloo for --device cpu,
     NCCL for cuda, on cuda:LOCAL_RANK) unless already joined; else the one-process world.
 
     Bad launches (NCCL without GPUs, more processes than GPUs, a malformed environment, a
-    `meta_batch` smaller than the world) raise a one-line ConfigError before any process group exists.
+    `meta_batch` smaller than the world) raise a one-line ConfigError before any process group exists;
+    `resume`: the run being resumed keeps its meta-batch (what the message may suggest).
     """
     launch = Launch.from_env()
     if launch is None:
         return World()
     if meta_batch is not None:
-        check_tasks(meta_batch, launch.world_size)
+        check_tasks(meta_batch, launch.world_size, resume)
     dev = rank_device(device, launch)
     dist = torch.distributed
     world = World(launch, dev)

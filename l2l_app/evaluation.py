@@ -23,11 +23,11 @@ import torch
 from . import distributed
 from .backbones import has_batch_norm
 from .config import SPLITS, ExperimentConfig, absolute_root, data_moved, validate, with_overrides
-from .data import Preprocessing
+from .data import Preprocessing, list_classes
 from .data.types import DATA_OPTIONS, VECTORS, EpisodeBatch, TaskSource
-from .errors import ConfigError
-from .experiment import Experiment
-from .fileio import write_json
+from .errors import CheckpointError, ConfigError, DataError
+from .experiment import Experiment, configured_dataset
+from .fileio import check_writable, write_json
 from .learner import MetaLearner
 from .progress import Progress
 from .registry import DATASETS
@@ -166,6 +166,13 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     seed = config.eval.eval_seed if seed is None else seed
+    check_ways_fit(config, split)  # before the split is decoded (and cached): a refusal costs nothing
+    label = other_data_label(config.data.dataset, config.data.data_root) if other else None
+    out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
+                                   episodes, seed, label)
+    if save:  # before evaluating: a result that cannot be written is refused, not computed and lost
+        check_writable(run_dir, f"the run directory {run_dir} (for {out.name})", CheckpointError,
+                       fix="make it writable, or evaluate a copy of the run")
     world = distributed.join(device or config.run.device)  # torchrun: episodes split by rank, results gathered
     x, loaded = Experiment.from_run(run_dir, checkpoint, device=world.device_name or device, engine=engine,
                                     config=config, preprocessing=preprocessing)
@@ -173,9 +180,6 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     data = x.load_split(split, progress, skip_bad_images=False)
     source = x.task_source(data, x.eval_shape, seed)
     protocol = eval_protocol(x.config, split, episodes, seed, x.sampler, f"{checkpoint} (step {step})")
-    label = other_data_label(config.data.dataset, config.data.data_root) if other else None
-    out = run_dir / eval_file_name(split, checkpoint, config.task.ways, config.task.shots, config.task.queries,
-                                   episodes, seed, label)
     protocol.update(engine=x.engine, checkpoint_name=checkpoint, checkpoint_step=step,
                     checkpoint_sha256=loaded["checkpoint_sha256"], file=out.name,
                     preprocessing=preprocessing.describe())
@@ -191,6 +195,28 @@ def evaluate_run(run_dir: Path, split: str = "test", episodes: int | None = None
     if save and world.is_main:
         write_json(out, result.to_dict(with_accuracies=True))
     return result
+
+
+def listed_class_count(config: ExperimentConfig, split: str) -> Optional[int]:
+    """How many classes `split` of the config's data has, known without decoding any image
+    (`data.list_classes`); None when the dataset cannot tell before decoding, or its listing
+    cannot be read (loading the split then reports why)."""
+    try:
+        lists = list_classes(configured_dataset(config), config.data.data_root)
+    except DataError:
+        return None
+    if lists is None or split not in lists:
+        return None
+    return len(lists[split])
+
+
+def check_ways_fit(config: ExperimentConfig, split: str) -> None:
+    """ConfigError when the episodes' ways exceed the classes of `split`, where they are known
+    without decoding: the refusal `validate_episode_shape` makes after loading, made before it."""
+    ways, count = config.task.ways, listed_class_count(config, split)
+    if count is not None and ways > count:
+        raise ConfigError(f"--ways {ways} exceeds the {count} classes of the {config.data.dataset} {split} split; "
+                          f"use at most {count}")
 
 
 def cross_domain_config(trained: ExperimentConfig, preprocessing: Preprocessing, dataset: Optional[str],

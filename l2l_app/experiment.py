@@ -137,6 +137,20 @@ def load_config_split(config: ExperimentConfig, split: str, progress: bool = Tru
     return load_split(configured_dataset(config), split, d.data_root, progress=progress, skip_bad_images=skip)
 
 
+def _step(state: Dict[str, Any], path: Path) -> int:
+    """The training step a checkpoint records (a one-line CheckpointError when it is not a count)."""
+    from .checkpoint import damaged_fix
+    from .errors import CheckpointError
+
+    step = state["step"]
+    if isinstance(step, torch.Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, (int, float)) or step != int(step) or step < 0:
+        raise CheckpointError(f"{path} is damaged: its step is {step!r}, not a count of training steps; "
+                              f"{damaged_fix(path)}")
+    return int(step)
+
+
 @dataclass
 class Experiment:
     """A resolved config with the device, engine and sampler it runs on, its input preprocessing,
@@ -190,10 +204,10 @@ class Experiment:
         Returns (experiment, info) with info = {'step', 'checkpoint', 'checkpoint_path',
         'checkpoint_sha256'}.  One-line errors for a missing run, checkpoint or file.
         """
-        from .checkpoint import learner_state, load_checkpoint
+        from .checkpoint import load_checkpoint, load_learner
         from .errors import CheckpointError
         from .fileio import file_sha256
-        from .rundir import checkpoint_path, load_config, load_preprocessing
+        from .rundir import checkpoint_path, load_config, load_preprocessing, no_checkpoint_message
 
         if checkpoint not in ("best", "last"):
             raise ConfigError(f"--checkpoint {checkpoint!r} must be best or last")
@@ -206,10 +220,13 @@ class Experiment:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, cuda_graph=None))
         x = cls.build(config, device=device, engine=engine, sampler=sampler, preprocessing=preprocessing)
         path = checkpoint_path(run_dir, checkpoint)
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"{path} is not a file (a folder?); restore the {checkpoint} checkpoint from a copy "
+                                  f"of the run, or pass --checkpoint {'last' if checkpoint == 'best' else 'best'}")
         if not path.is_file():
             if not any(checkpoint_path(run_dir, name).is_file() for name in ("best", "last")):
-                raise CheckpointError(f"run {run_dir} has no checkpoint: it was stopped before its first; train it "
-                                      f"again (`l2l-app train --out {run_dir} --overwrite` with its settings)")
+                raise CheckpointError(no_checkpoint_message(
+                    Path(run_dir), f"train it again (`l2l-app train --out {run_dir} --overwrite` with its settings)"))
             if checkpoint == "best":
                 raise CheckpointError(f"run {run_dir} has no best checkpoint: it stopped before its first "
                                       f"validation; pass --checkpoint last, or resume it "
@@ -217,8 +234,8 @@ class Experiment:
             raise CheckpointError(f"run {run_dir} has no last checkpoint: {path} not found; pass --checkpoint best")
         digest = file_sha256(path)
         state = load_checkpoint(path, map_location=x.device)
-        x.learner.load_state_dict(learner_state(state))
-        return x, {"step": int(state["step"]), "checkpoint": checkpoint, "checkpoint_path": path,
+        load_learner(x.learner, state, path)
+        return x, {"step": _step(state, path), "checkpoint": checkpoint, "checkpoint_path": path,
                    "checkpoint_sha256": digest}
 
     def evaluation_learner(self, engine: Optional[str] = None) -> MetaLearner:

@@ -53,6 +53,7 @@ from .data.preprocess import Preprocessing
 from .data.types import VECTORS
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write, write_json
+from .rundir import check_outside
 
 if TYPE_CHECKING:  # the experiment imports the algorithms; only `export_run` needs it
     from .experiment import Experiment
@@ -92,10 +93,11 @@ def missing_onnx_packages() -> List[str]:
     return missing
 
 
-def check_request(out: Path, fmt: str, checkpoint: str, overwrite: bool) -> None:
+def check_request(out: Path, fmt: str, checkpoint: str, overwrite: bool, run_dir: Optional[Path] = None) -> None:
     """Refuse (one-line ConfigError) what can be refused before the run is read: an unknown
-    format or checkpoint, an --out that is a folder or exists (with its sidecar) without
-    `overwrite`, and --format onnx without its packages."""
+    format or checkpoint, an --out that is a folder, lies under a file or inside the run directory
+    `run_dir`, or exists (with its sidecar) without `overwrite`, and --format onnx without its
+    packages.  Missing folders of --out are created when writing, as every --out is."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     if checkpoint not in ("best", "last"):
@@ -106,6 +108,8 @@ def check_request(out: Path, fmt: str, checkpoint: str, overwrite: bool) -> None
     blocking = next((p for p in out.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
+    if run_dir is not None:
+        check_outside(out, run_dir, "--out", "the run directory")
     if not overwrite:
         existing = [str(p) for p in (out, sidecar_path(out)) if p.exists()]
         if existing:
@@ -333,7 +337,7 @@ def export_run(run_dir: Path, out: Path, fmt: str = "torchscript", checkpoint: s
     from .experiment import Experiment
 
     out, run_dir = Path(out), Path(run_dir)
-    check_request(out, fmt, checkpoint, overwrite)
+    check_request(out, fmt, checkpoint, overwrite, run_dir)
     x, info = Experiment.from_run(run_dir, checkpoint, device="cpu")
     model = x.model.eval()
     example = example_inputs(x.preprocessing, TRACE_BATCH)

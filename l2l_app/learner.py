@@ -112,6 +112,8 @@ class MetaOptimizer:
     `spans_iterations`: its schedule is laid out over --iterations (Reptile's epsilon reaches
     --meta-lr-final at the last one), so a run a time budget ends sooner stops mid-schedule; the
     trainer says so, and how many iterations the budget holds.
+    `defaults`: optimiser settings whose default differs for it (flat names: Reptile's epsilon,
+    --meta-lr, is 1.0 where Adam's learning rate is 0.001); a recipe, file or flag overrides them.
     """
 
     description: str
@@ -119,6 +121,7 @@ class MetaOptimizer:
     build: Callable[..., Optimizers]
     capturable: bool = False
     spans_iterations: bool = False
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _adam_with_step_decay(params: List[torch.Tensor], optim: "OptimConfig",

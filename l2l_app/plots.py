@@ -128,12 +128,21 @@ def plot_learning_curves(run_dirs: Sequence[Path | str | RunRecord], out_png: Pa
 
 
 def plot_sweep(name: str, rows: List[Dict[str, Any]], out_png: Path) -> Path:
-    """ms/step and peak memory vs the swept value, one line per impl (log scales where values span >= 8x)."""
+    """ms/step and peak memory vs the swept value, one line per impl (log scales where values span >= 8x).
+
+    The memory panel only for GPU rows (CUDA's per-impl allocator peak): on a CPU the only figure is
+    the process's RSS, which keeps what earlier settings allocated, so it says nothing per point."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    measured = [r for r in rows if r.get("status") == "ok"]
+    per_point_memory = bool(measured) and all(str(r.get("memory_kind", "")).startswith("cuda") for r in measured)
+    if per_point_memory:
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.2))
+    else:
+        fig, ax_t = plt.subplots(1, 1, figsize=(6, 4.2))
+        ax_m = None
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     for impl in impls:
         pts = [(r["value"], r["median_ms"], r.get("p10_ms"), r.get("p90_ms"), r.get("peak_mem_mb"))
@@ -143,10 +152,10 @@ def plot_sweep(name: str, rows: List[Dict[str, Any]], out_png: Path) -> Path:
         xs = [p[0] for p in pts]
         line, = ax_t.plot(xs, [p[1] for p in pts], marker="o", label=impl)
         ax_t.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color=line.get_color(), alpha=0.15)
-        if all(p[4] is not None for p in pts):
+        if ax_m is not None and all(p[4] is not None for p in pts):
             ax_m.plot(xs, [p[4] for p in pts], marker="o", label=impl, color=line.get_color())
     values = sorted({r["value"] for r in rows})
-    for ax in (ax_t, ax_m):
+    for ax in (ax_t, ax_m) if ax_m is not None else (ax_t,):
         if values and values[0] > 0 and values[-1] / values[0] >= 8:
             ax.set_xscale("log", base=2)
         ax.set_xlabel(name)
@@ -156,9 +165,10 @@ def plot_sweep(name: str, rows: List[Dict[str, Any]], out_png: Path) -> Path:
         ax.legend()
     ax_t.set_yscale("log")
     ax_t.set_ylabel("ms per meta-step (median, p10–p90 band)")
-    ax_m.set_ylabel("peak memory (MiB)")
     ax_t.set_title(f"time per meta-step vs {name}")
-    ax_m.set_title(f"peak memory vs {name}")
+    if ax_m is not None:
+        ax_m.set_ylabel("peak memory (MiB)")
+        ax_m.set_title(f"peak memory vs {name}")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

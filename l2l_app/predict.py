@@ -35,6 +35,7 @@ from .data import images
 from .data.types import IMAGES
 from .errors import DataError
 from .fileio import atomic_write
+from .rundir import check_outside
 
 if TYPE_CHECKING:
     from .config import ExperimentConfig
@@ -99,7 +100,7 @@ class Predictions:
                           indent=indent, default=str)
 
     def to_csv(self, path: PathLike) -> Path:
-        """Write CSV_COLUMNS, one row per query, atomically to `path`; returns the path."""
+        """Write CSV_COLUMNS, one row per query, atomically to `path` (its folders created); returns the path."""
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
@@ -107,6 +108,7 @@ class Predictions:
             writer.writerow([row["image"], row["predicted_class"], f"{row['probability']:.6f}",
                              row["next_class"], f"{row['next_probability']:.6f}"])
         path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
         return path
 
@@ -151,11 +153,11 @@ def classify(experiment: "Experiment", support: Items, labels: Sequence[Hashable
         classes = list(dict.fromkeys(labels))
     except TypeError as e:
         raise DataError(f"support labels must be hashable class names (str, int, ...): {e}") from None
-    check_class_count(x.config, len(classes), class_word)
     support_x = stored_items(x.preprocessing, support, "support")
     if len(labels) != support_x.shape[0]:
         raise DataError(f"{support_x.shape[0]} support images but {len(labels)} support labels; give one label "
                         "per support image")
+    check_class_count(x.config, len(classes), class_word)
     query_x = stored_items(x.preprocessing, queries, "query")
     names = default_query_names(queries, query_x.shape[0]) if query_names is None else list(query_names)
     if len(names) != query_x.shape[0]:
@@ -331,16 +333,30 @@ def _check_folder(path: Path, option: str, what: str) -> None:
         raise DataError(f"{option} {path} is a file, not a folder; pass {what}")
 
 
+def check_predict_output(path: PathLike, overwrite: bool, run_dir: PathLike, support_dir: PathLike,
+                         queries: Sequence[PathLike]) -> None:
+    """`check_output_file`, and a DataError when `path` lies inside the run directory or is one of
+    the input images (even with `overwrite`: those are not predict's to replace)."""
+    check_output_file(path, overwrite)
+    check_outside(Path(path), Path(run_dir), "--out", "the run directory")
+    target = Path(path).resolve()
+    inputs = [p for _, paths in support_classes(support_dir) for p in paths] + query_files(queries)
+    if any(p.resolve() == target for p in inputs):
+        raise DataError(f"--out {path} is one of the input images; choose another path for the predictions")
+
+
 def check_output_file(path: PathLike, overwrite: bool = False) -> None:
-    """DataError when `path` cannot be written as a file (a folder, its folder missing, or a file
-    that exists, unless `overwrite`); checked before predicting so that a refused command writes nothing."""
+    """DataError when `path` cannot be written as a file (a folder, under a file, or a file that
+    exists, unless `overwrite`); checked before predicting so that a refused command writes
+    nothing.  Its missing folders are created when writing (`Predictions.to_csv`), as every --out's are."""
     path = Path(path)
     if path.is_file() and not overwrite:
         raise DataError(f"--out {path} exists; pass --overwrite to replace it, or choose another path")
     if path.is_dir():
         raise DataError(f"--out {path} is a folder; give a file path such as {path / 'predictions.csv'}")
-    if not path.parent.is_dir():
-        raise DataError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
+    blocking = next((p for p in path.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"--out {path}: {blocking} is a file, not a folder; choose another path")
 
 
 def run_info(x: "Experiment", run_dir: PathLike, loaded: Dict[str, Any]) -> Dict[str, Any]:
@@ -383,5 +399,6 @@ def folder_inputs(config: "ExperimentConfig", preprocessing: "Preprocessing", su
     return support, labels, query_paths
 
 
-__all__ = ["CSV_COLUMNS", "Predictions", "check_output_file", "classify", "folder_inputs", "image_files",
-           "predict_folder", "query_files", "stored_items", "support_classes"]
+__all__ = ["CSV_COLUMNS", "Predictions", "check_output_file", "check_predict_output", "classify",
+           "folder_inputs", "image_files", "predict_folder", "query_files", "stored_items",
+           "support_classes"]

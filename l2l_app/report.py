@@ -1,6 +1,6 @@
 """Reports of run directories: Markdown + static HTML with learning curves, every evaluation, published numbers.
 
-`build_report(run_dirs, out_dir)` writes ``report.md`` (the PNG referenced relatively),
+`build_report(run_dirs, out_dir, overwrite=False)` writes ``report.md`` (the PNG referenced relatively),
 ``report.html`` (the same content, the PNG embedded: one file to share) and
 ``learning_curves.png``.  For each run the report shows
 
@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .config import flag
 from .errors import ConfigError
+from .fileio import check_output_folder, staged_output
 from .plots import plot_learning_curves
 from .recipes import Recipe
 from .run_records import Comparison, RunRecord, checkpoint_of, load_run_records, shape_label
@@ -366,24 +367,30 @@ def html_report(blocks: Sequence[Block]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str) -> Dict[str, Path]:
-    """Write report.md, report.html and learning_curves.png into `out_dir`; returns their paths."""
+#: the files a report writes; report.md or report.html in --out means an earlier report is there
+REPORT_FILES = ("report.md", "report.html", CURVES_PNG)
+
+
+def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, overwrite: bool = False) -> Dict[str, Path]:
+    """Write report.md, report.html and learning_curves.png into `out_dir`; returns their paths.
+
+    Refused before anything is written when `out_dir` is inside a run, cannot be written, or
+    (without `overwrite`) already holds a report; an earlier report there is replaced only once
+    the new files are written.
+    """
     records = load_run_records(run_dirs)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; choose a directory")
     for rec in records:
         if out_dir.resolve() == rec.path.resolve() or rec.path.resolve() in out_dir.resolve().parents:
             raise ConfigError(f"--out {out_dir} is inside the run {rec.path}; choose a folder outside it, "
                               f"e.g. {rec.path.resolve().parent / 'report'}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    curves = plot_learning_curves(records, out_dir / CURVES_PNG)
-    blocks = report_blocks(records, curves)
-    md = out_dir / "report.md"
-    md.write_text(markdown_report(blocks))
-    page = out_dir / "report.html"
-    page.write_text(html_report(blocks))
-    return {"md": md, "html": page, "png": curves}
+    check_output_folder(out_dir, REPORT_FILES[:2], overwrite, "report")
+    with staged_output(out_dir) as new:  # the new files first, then each moved over its earlier namesake
+        curves = plot_learning_curves(records, new / CURVES_PNG)
+        blocks = report_blocks(records, curves)
+        (new / "report.md").write_text(markdown_report(blocks))
+        (new / "report.html").write_text(html_report(blocks))
+    return {"md": out_dir / "report.md", "html": out_dir / "report.html", "png": out_dir / CURVES_PNG}
 
 
 # ------------------------------------------------------------------------------ benchmark results (bench.py)

@@ -121,19 +121,52 @@ class RunRecord:
         return f"{c.algo_label} {c.data.dataset}"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def metrics_row_problem(row: Any) -> Optional[str]:
+    """Why a parsed metrics.jsonl line is not a metrics row (None: it is one): an object with a numeric
+    'step', text 'kind' and numbers for every other value."""
+    if not isinstance(row, dict):
+        return f"it is {type(row).__name__}, not a JSON object"
+    if not _number(row.get("step")):
+        return f"its step is {row.get('step')!r}, not a number"
+    if not isinstance(row.get("kind", ""), str):
+        return f"its kind is {row['kind']!r}, not text"
+    bad = next((k for k, v in row.items() if k != "kind" and not _number(v)), None)
+    return None if bad is None else f"its {bad} is {row[bad]!r}, not a number"
+
+
 def read_metrics(path: Path, accuracy_scale: float) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
-    """(training rows with accuracy × `accuracy_scale`, validation rows) of a metrics.jsonl."""
+    """(training rows with accuracy × `accuracy_scale`, validation rows) of a metrics.jsonl.
+
+    A damaged line (not UTF-8, not JSON, not a row of numbers) is a one-line ConfigError naming the
+    file and the line."""
     train: List[Dict[str, Any]] = []
     val: List[Dict[str, Any]] = []
     if not path.is_file():
         return train, val
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; check that you may read it") from None
+    fix = "delete that line, or restore the file from a copy of the run"
+    for n, data in enumerate(raw.splitlines(), 1):
+        try:
+            line = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: line {n} is not UTF-8 text; the metrics log is damaged: {fix}") from None
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise ConfigError(f"{path}: line {n} is not JSON; the metrics log is damaged") from None
+            raise ConfigError(f"{path}: line {n} is not JSON; the metrics log is damaged: {fix}") from None
+        problem = metrics_row_problem(row)
+        if problem is not None:
+            raise ConfigError(f"{path}: line {n} is not a metrics row ({problem}); the metrics log is damaged: "
+                              f"{fix}")
         if row.get("kind") == "val":
             val.append(row)
         else:

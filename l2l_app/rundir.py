@@ -24,6 +24,7 @@ Rules this module enforces:
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import json
 import os
 import shutil
@@ -52,6 +53,12 @@ TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_NAMES = ("best", "last")
 
 
+#: the entries l2l-app writes into a run directory, besides EVAL_GLOB's files; anything else is
+#: the user's, and stops `--overwrite` from replacing the folder
+RUN_ENTRIES = (CONFIG_FILE, RUN_INFO_FILE, PREPROCESSING_FILE, SPLITS_FILE, METRICS_FILE, CHECKPOINT_DIR,
+               TENSORBOARD_DIR, LOCK_FILE)
+
+
 def checkpoint_path(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
 
@@ -60,10 +67,43 @@ def is_run_dir(path: Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def foreign_entries(run_dir: Path) -> List[str]:
+    """What a run directory holds that l2l-app did not write (sorted; folders end in '/'):
+    entries beside RUN_ENTRIES and the evaluation files, and files in checkpoints/ other than
+    the checkpoints and the temporary files of their atomic writes."""
+    run_dir = Path(run_dir)
+    found = [p.name + "/" * p.is_dir() for p in run_dir.iterdir()
+             if p.name not in RUN_ENTRIES and not fnmatch.fnmatch(p.name, EVAL_GLOB)]
+    checkpoints = run_dir / CHECKPOINT_DIR
+    if checkpoints.is_dir():
+        ours = {f"{name}.pt" for name in CHECKPOINT_NAMES}
+        found += [f"{CHECKPOINT_DIR}/{p.name}" + "/" * p.is_dir() for p in checkpoints.iterdir()
+                  if p.name not in ours and not (p.name.startswith(".") and p.name.endswith(".tmp"))]
+    return sorted(found)
+
+
+def enclosing_run(path: Path) -> Optional[Path]:
+    """The run directory `path` lies inside (its nearest ancestor holding a run), or None."""
+    for parent in Path(path).resolve().parents:
+        if is_run_dir(parent):
+            return parent
+    return None
+
+
+def check_outside(path: Path, folder: Path, flag: str, what: str) -> None:
+    """ConfigError when `path` is `folder` or lies inside it (`what` names the folder in the message)."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    if path == folder or folder in path.parents:
+        raise ConfigError(f"{flag} {path} is inside {what} {folder}; choose a path outside it")
+
+
 def load_config(run_dir: Path) -> ExperimentConfig:
     """The resolved config of an existing run directory (one-line ConfigError if it is not one)."""
     if not Path(run_dir).exists():
         raise ConfigError(f"{run_dir} does not exist; pass the --out directory of `l2l-app train`")
+    if Path(run_dir).is_file():
+        raise ConfigError(f"{run_dir} is a file, not a run directory; pass the run's folder "
+                          f"({Path(run_dir).parent}), the --out directory of `l2l-app train`")
     if not is_run_dir(run_dir):
         raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG_FILE}); "
                           f"pass the --out directory of `l2l-app train`")
@@ -78,10 +118,7 @@ def load_preprocessing(run_dir: Path, config: Optional[ExperimentConfig] = None)
 
     path = Path(run_dir) / PREPROCESSING_FILE
     if path.is_file():
-        try:
-            return Preprocessing.from_dict(read_json(path, "preprocessing"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}; restore it from a copy of the run") from None
+        return Preprocessing.read(path)
     config = config if config is not None else load_config(run_dir)
     return Preprocessing.unnormalised(DATASETS[config.data.dataset].configured(config.data))
 
@@ -170,6 +207,8 @@ def check_run_target(path: Path, mode: str) -> None:
         holder = _held_by_another(path)
         if holder is not None:
             raise _busy_error(path, holder)
+    if mode != "resume" and (outer := enclosing_run(path)) is not None:
+        raise ConfigError(f"--out {path} is inside the run directory {outer}; choose a path outside any run")
     if mode == "resume":
         if not path.exists():
             raise ConfigError(f"--resume {path}: it does not exist; start a new run with --out {path}")
@@ -177,18 +216,66 @@ def check_run_target(path: Path, mode: str) -> None:
             raise ConfigError(f"--resume {path}: no {CONFIG_FILE} there, so it is not a run directory; "
                               f"start a new run with --out")
         if not checkpoint_path(path, "last").is_file():
-            raise ConfigError(f"--resume {path}: no checkpoint to resume from ({CHECKPOINT_DIR}/last.pt); "
-                              f"start it again with --out {path} --overwrite")
+            raise ConfigError(f"--resume: no checkpoint to resume from ({CHECKPOINT_DIR}/last.pt): "
+                              + _no_checkpoints(path, f"start it again with --out {path} --overwrite"))
     elif path.is_dir() and _contents(path):
-        if mode == "new" and is_run_dir(path) and not list((path / CHECKPOINT_DIR).glob("*.pt")):
-            raise ConfigError(f"run directory {path} holds a run that wrote no checkpoint (it was killed before "
-                              f"its first); pass --overwrite to start it again")
+        if not is_run_dir(path):
+            doing = "refusing to --overwrite" if mode == "overwrite" else "--out"
+            raise ConfigError(f"{doing} {path}: it holds files but is not an l2l-app run directory (no "
+                              f"{CONFIG_FILE}); choose a new or empty folder")
+        if mode == "new" and not list((path / CHECKPOINT_DIR).glob("*.pt")):
+            raise ConfigError(_no_checkpoints(path, "pass --overwrite to start it again"))
         if mode == "new":
             raise ConfigError(f"run directory {path} already exists; pass --resume to continue it "
                               f"or --overwrite to replace it")
-        if not is_run_dir(path):
-            raise ConfigError(f"refusing to --overwrite {path}: it is not an l2l-app run directory "
-                              f"(no {CONFIG_FILE}); choose another --out")
+        foreign = foreign_entries(path)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise ConfigError(f"refusing to --overwrite {path}: it holds {shown}, which l2l-app did not write; "
+                              f"move them out of the run directory first, or choose another --out")
+        try:
+            load_json(path / CONFIG_FILE)
+        except ConfigError as exc:
+            raise ConfigError(f"refusing to --overwrite {path}: its {CONFIG_FILE} is not a run's config "
+                              f"({' '.join(str(exc).split())}); remove the folder yourself if it is to go, "
+                              f"or choose another --out") from None
+
+
+def no_checkpoint_message(path: Path, fix: str) -> str:
+    """Why run `path` has no checkpoint, and `fix`; a run still training before its first
+    checkpoint is named as that."""
+    holder = _held_by_another(path)
+    if holder is not None:
+        return (f"run {path} has no checkpoint yet: {holder} is training it and writes the first at its first "
+                f"validation or --checkpoint-every; wait for that")
+    return _no_checkpoints(path, fix)
+
+
+def _no_checkpoints(path: Path, fix: str) -> str:
+    """Why run `path` has no checkpoint, and `fix`.  A run killed before its first checkpoint has
+    no evaluation and logged no validation (the first validation writes best.pt); one that has
+    either had its checkpoints removed, and `fix` would discard what it has."""
+    evaluated = any(path.glob(EVAL_GLOB))
+    if evaluated or _validated(path / METRICS_FILE):
+        return (f"run directory {path} has no checkpoints, but its {'evaluations' if evaluated else 'metrics log'} "
+                f"show it had some ({CHECKPOINT_DIR}/ was removed or emptied): restore {CHECKPOINT_DIR}/ from a "
+                f"copy of the run to use it; or {fix}, which also replaces its metrics and evaluations")
+    return f"run directory {path} holds a run that wrote no checkpoint (it was killed before its first); {fix}"
+
+
+def _validated(metrics_file: Path) -> bool:
+    """Whether a metrics log holds a validation row (unreadable lines are passed over)."""
+    try:
+        lines = metrics_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        try:
+            if json.loads(line).get("kind") == "val":
+                return True
+        except (ValueError, AttributeError):
+            continue
+    return False
 
 
 def _topmost_missing(path: Path) -> Optional[Path]:
@@ -232,6 +319,9 @@ class RunDirectory:
             self._lock = _Lock(self.path)
         except OSError as exc:
             self._release_old()
+            if mode == "resume":
+                raise ConfigError(f"cannot write to run directory {self.path}: {exc.strerror or exc}; give yourself "
+                                  f"write permission on it, or copy the run and resume the copy") from None
             raise ConfigError(f"cannot create run directory {self.path}: {exc.strerror or exc}; "
                               f"choose another --out") from None
         except ConfigError:

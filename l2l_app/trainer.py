@@ -28,8 +28,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 
 from . import distributed, runtime
-from .checkpoint import CheckpointError, learner_state, load_checkpoint, save_checkpoint
-from .config import (ExperimentConfig, absolute_root, data_moved, resolve, train_shape_flags, validate,
+from .checkpoint import RESUME_KEYS, CheckpointError, load_checkpoint, load_learner, save_checkpoint
+from .config import (ExperimentConfig, absolute_root, check_names, data_moved, resolve, train_shape_flags, validate,
                      with_overrides)
 from .data.types import EpisodeBatch
 from .data import SplitData, check_disjoint
@@ -42,8 +42,8 @@ from .learner import apply_meta_gradient, load_optimizer_state, optimizer_state
 from .progress import Progress
 from .fileio import read_json, write_json
 from .rundir import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, PREPROCESSING_FILE, RUN_INFO_FILE, SPLITS_FILE,
-                     TENSORBOARD_DIR, RunDirectory, check_run_target, checkpoint_path, list_evaluations,
-                     load_config, load_preprocessing)
+                     TENSORBOARD_DIR, RunDirectory, check_outside, check_run_target, checkpoint_path,
+                     list_evaluations, load_config, load_preprocessing)
 
 #: metrics.jsonl and run.json state accuracies in this unit (older runs: fractions)
 ACCURACY_UNIT = "%"
@@ -169,8 +169,12 @@ class Trainer:
         check_run_target(self.run_dir, mode)  # cheap refusals first: busy, exists, path through a file
         runtime.seed_everything(validate(config).run.seed)  # before the model's weights are drawn
         config = resolve(config)
+        data_root = (Path(config.data.data_root).expanduser() if config.data.data_root is not None
+                     else configured_dataset(config).default_root)
+        if not resume and data_root is not None and data_root.is_dir():  # a run in the data would become data
+            check_outside(self.run_dir, data_root, "--out", "the data root")
         runtime.resolve_device(config.run.device)  # a missing device is refused before any decoding
-        self.world = distributed.join(config.run.device, config.optim.meta_batch)  # torchrun: this rank's group
+        self.world = distributed.join(config.run.device, config.optim.meta_batch, resume)  # torchrun: rank's group
         progress = progress and self.world.is_main  # rank 0 alone reports
         self.resume = resume
         self.progress = progress
@@ -292,11 +296,11 @@ class Trainer:
 
     def _load_resume_state(self) -> Dict[str, Any]:
         """The last checkpoint, checked against the settings before anything is written."""
-        state = load_checkpoint(checkpoint_path(self.run_dir, "last"), map_location=self.device)
+        state = load_checkpoint(checkpoint_path(self.run_dir, "last"), map_location=self.device, required=RESUME_KEYS)
         step, iterations = int(state["step"]), self.config.optim.iterations
         if iterations < step:
             raise ConfigError(f"--iterations {iterations} is below the step this run has reached ({step}); "
-                              f"pass --iterations {step} or more")
+                              f"pass --iterations above {step} to train further")
         budget, used = self.config.run.time_budget, float(state["elapsed"]) / 60
         if budget is not None and budget < used and budget != load_config(self.run_dir).run.time_budget:
             # a new budget already spent asks for the impossible; the run's own spent budget is
@@ -306,7 +310,7 @@ class Trainer:
         return state
 
     def _apply(self, state: Dict[str, Any]) -> None:
-        self.learner.load_state_dict(learner_state(state))
+        load_learner(self.learner, state, checkpoint_path(self.run_dir, "last"))
         load_optimizer_state(self.optimizer, self.scheduler, state["optimizer"], state["scheduler"])
         self.step = int(state["step"])
         self.elapsed = float(state["elapsed"])
@@ -637,6 +641,7 @@ def resume_config(run_dir: Path, overrides: Dict[str, Any]) -> ExperimentConfig:
 
     A flag that repeats the run's own value is accepted (it changes nothing).
     """
+    check_names(overrides)  # an unknown name is that, not a setting a resume may not change
     check_run_target(Path(run_dir), "resume")
     saved = load_config(run_dir)
     current = saved.flat()

@@ -114,6 +114,8 @@ def test_train_resumes_a_run_as_the_cli_does(synthetic_data_root, tmp_path):
         l2l_app.train(resume=run_dir, hidden=TINY["hidden"] * 2)
     with pytest.raises(ConfigError, match="drop config=, recipe=, out= and overwrite="):
         l2l_app.train(resume=run_dir, out=tmp_path / "other")
+    with pytest.raises(ConfigError, match=r"unknown setting 'iteration' \(did you mean --iterations\?\)"):
+        l2l_app.train(resume=run_dir, iteration=9)
 
 
 def test_train_into_out_and_load_give_the_same_predictions(synthetic_data_root, tmp_path, test_images):
@@ -226,6 +228,7 @@ def test_bad_settings_are_refused_before_anything_is_written(synthetic_data_root
 
 @pytest.mark.parametrize("support,labels,queries,message", [
     (lambda x: x[:4], ["a", "b", "a"], lambda x: x[4:6], "4 support images but 3 support labels"),
+    (lambda x: x[:2], ["a"], lambda x: x[4:6], "2 support images but 1 support labels"),
     (lambda x: x[:4], ["a"] * 4, lambda x: x[4:6], "has 1 class"),
     (lambda x: x[:4].float() * 2, ["a", "b"] * 2, lambda x: x[4:6], "pixels / 255 in [0, 1]"),
     (lambda x: x[:4, :, :20, :20], ["a", "b"] * 2, lambda x: x[4:6], "expected [N, 1, 28, 28]"),

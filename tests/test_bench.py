@@ -140,8 +140,8 @@ def test_bench_protonet_skips_torchmeta_and_sweep_plots(tmp_path):
     assert tm["status"] == "skipped" and "not applicable" in tm["note"]
     assert [r["value"] for r in report["sweeps"]["meta-batch"] if r["impl"] == "loop"] == [1, 2]
     assert (out / "sweep-meta-batch.png").read_bytes()[:4] == b"\x89PNG"
-    # a bench without the sweep in the same folder leaves no plot of the earlier one beside its bench.md
-    result = CliRunner().invoke(cli, [a for a in args if a not in ("--sweep", "meta-batch=1,2")])
+    # a bench without the sweep replacing it in the same folder leaves no plot of the earlier one beside its bench.md
+    result = CliRunner().invoke(cli, [a for a in args if a not in ("--sweep", "meta-batch=1,2")] + ["--overwrite"])
     assert result.exit_code == 0, result.output
     assert not (out / "sweep-meta-batch.png").exists()
 
@@ -152,6 +152,11 @@ def test_plot_sweep_alone(tmp_path):
             for v in (1, 4, 16, 64)]
     png = plot_sweep("meta-batch", rows, tmp_path / "s.png")
     assert png.stat().st_size > 1000
+    from PIL import Image
+    cpu_width = Image.open(png).size[0]  # no memory_kind: CPU rows, time panel only
+    gpu = plot_sweep("meta-batch", [{**r, "memory_kind": "cuda max_memory_allocated"} for r in rows],
+                     tmp_path / "g.png")
+    assert Image.open(gpu).size[0] > 1.5 * cpu_width  # and the per-impl CUDA peak beside it
 
 
 def test_bench_bad_impl_is_one_line_error(tmp_path):

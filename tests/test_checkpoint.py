@@ -46,8 +46,11 @@ def test_truncated_checkpoint_names_file(tmp_path):
     save_checkpoint({"model": {"w": torch.randn(100)}}, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="last.pt is truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="last.pt is truncated or corrupted") as info:
         load_checkpoint(path)
+    # a resume cannot use best.pt instead: the fix says what can
+    assert str(info.value).endswith("restore it from a copy of the run (a resume needs it; eval, predict and export "
+                                    "can use --checkpoint best)")
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -56,7 +59,8 @@ def test_garbage_checkpoint(tmp_path, seed):
     import random
     path = tmp_path / "best.pt"
     path.write_bytes(random.Random(seed).randbytes(256))
-    with pytest.raises(CheckpointError, match="best.pt is truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="best.pt is truncated or corrupted.*; pass --checkpoint last, or "
+                                              "restore it from a copy of the run$"):
         load_checkpoint(path)
 
 

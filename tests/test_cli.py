@@ -71,7 +71,8 @@ def test_existing_run_dir_is_kept(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    assert_one_line_error(run("train", "--out", out, *FAST), "--resume", "--overwrite")
+    assert_one_line_error(run("train", "--out", out, *FAST), "holds files but is not an l2l-app run directory",
+                          "choose a new or empty folder")
     assert (out / "precious.txt").read_text() == "keep me"
     # --overwrite refuses a folder that is not a run directory
     assert_one_line_error(run("train", "--out", out, "--overwrite", *FAST), "not an l2l-app run directory")

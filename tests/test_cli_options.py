@@ -190,7 +190,8 @@ def test_precedence_defaults_recipe_file_flags(tmp_path):
     ("c.json", "[1, 2]", ["expected a table of settings"]),
     ("c.yaml", "ways: 3\n", ["expected a .toml or .json file"]),
     ("c.toml", "hidden = 0\n", ["--hidden must be >= 1"]),
-    ("c.toml", 'algo = "protonet"\ninner_lr = 0.1\n', ["inner_lr in ", f"applies only to {users('inner_lr')}"]),
+    ("c.toml", 'algo = "protonet"\ninner_lr = 0.1\n', ["inner_lr in ", f"applies only to {users('inner_lr')}",
+                                                       "not to protonet (algo in "]),
     ("c.toml", 'recipe = "maml-omniglot-5w1s"\nalgo = "reptile"\n', ["fixes the algorithm (maml)",
                                                                      'algo = "reptile" in ']),
     ("c.toml", 'recipe = "maml-omniglot-5w1"\n', ["unknown recipe", "did you mean 'maml-omniglot-5w1s'?"]),
@@ -328,7 +329,7 @@ def test_no_arguments_prints_the_help():
 def test_train_help_shows_every_default():
     text = help_text("train")
     for option, default in [("--ways", "5"), ("--shots", "1"), ("--queries", "15"), ("--hidden", "64"),
-                            ("--algo", "protonet"), ("--meta-lr", "0.001"), ("--iterations", "1000"),
+                            ("--algo", "protonet"), ("--iterations", "1000"),
                             ("--inner-steps", "1"), ("--inner-batch", "10"), ("--seed", "0"),
                             ("--first-order", "second-order"), ("--tf32", "no-tf32"), ("--log-every", "100"),
                             ("--tensorboard", "no-tensorboard"), ("--train-ways", "--ways"),
@@ -336,6 +337,8 @@ def test_train_help_shows_every_default():
         assert f"[default: {default}]" in option_line(text, option), option
     inner_lr = option_line(text, "--inner-lr")  # per algorithm, grouped by value
     assert re.search(r"\[default: [^]]*\bmaml\b[^;\]]* 0\.4\b", inner_lr) and "reptile 0.001" in inner_lr, inner_lr
+    meta_lr = option_line(text, "--meta-lr")  # the algorithm's meta-optimiser's: Adam's rate, Reptile's epsilon
+    assert re.search(r"\[default: [^]]*\bprotonet 0\.001; reptile 1\]", meta_lr), meta_lr
     settings = [m for m in re.findall(r"^  (--[a-z0-9-]+)", text, re.M)
                 if m not in ("--recipe", "--config", "--out", "--resume", "--overwrite", "--quiet", "--help")]
     assert len(settings) > 40

@@ -214,3 +214,13 @@ def test_inner_lr_default_depends_on_the_algorithm():
     reptile = with_overrides(ExperimentConfig(), {"algo": "reptile"})
     assert (maml.algorithm.inner_lr, reptile.algorithm.inner_lr) == (0.4, 1e-3)
     assert with_overrides(ExperimentConfig(), {"algo": "reptile", "inner_lr": 0.01}).algorithm.inner_lr == 0.01
+
+
+def test_reptiles_epsilon_defaults_to_its_optimisers_and_a_recipe_file_or_flag_overrides_it(tmp_path):
+    from l2l_app.config import compose
+    assert compose({"algo": "reptile"}).optim.meta_lr == 1.0  # Nichol et al.: the whole step, annealed
+    assert compose({"algo": "maml"}).optim.meta_lr == compose({}).optim.meta_lr == 1e-3  # Adam's
+    assert compose({"algo": "reptile", "meta_lr": 0.5}).optim.meta_lr == 0.5
+    settings = tmp_path / "r.toml"
+    settings.write_text('algo = "reptile"\nmeta_lr = 0.25\n')
+    assert compose({}, config_file=settings).optim.meta_lr == 0.25

@@ -129,6 +129,10 @@ def test_a_meta_batch_smaller_than_the_world_is_refused_before_anything_is_built
                                "needs at least one task; use --meta-batch 2 or more, or fewer processes "
                                "(--nproc_per_node)")
     assert not run_dir.exists() and not torch.distributed.is_initialized()
+    with pytest.raises(ConfigError) as resumed:  # a resumed run keeps its meta-batch: only fewer processes help
+        check_tasks(1, 2, resume=True)
+    assert str(resumed.value).endswith("resume it with at most 1 processes (--nproc_per_node; a resumed run keeps "
+                                       "its meta-batch)") and "--meta-batch 2 or more" not in str(resumed.value)
 
 
 def test_a_torchrun_restart_resumes_only_its_own_jobs_run(tmp_path, monkeypatch):

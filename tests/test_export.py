@@ -258,6 +258,15 @@ def test_existing_file_needs_overwrite(runs, tmp_path):
     assert torch.jit.load(str(out)) is not None and sidecar_path(out).is_file()
 
 
+@pytest.mark.parametrize("target", ["config.json", "checkpoints/best.pt", "model.pt"])
+def test_out_inside_the_run_is_refused_even_with_overwrite(runs, target):
+    run_dir = runs["protonet"]
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    refused(export(run_dir, run_dir / target, "torchscript", "--overwrite"),
+            f"is inside the run directory {run_dir.resolve()}")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
 def test_existing_sidecar_needs_overwrite(runs, tmp_path):
     out = tmp_path / "m.pt"
     sidecar_path(out).write_text("{}")

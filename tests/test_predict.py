@@ -242,18 +242,38 @@ def test_a_model_with_an_output_layer_needs_exactly_its_ways(maml_run, tmp_path)
 
 
 # ----------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("missing", ["support", "query", "run", "out folder"])
+@pytest.mark.parametrize("missing", ["support", "query", "run"])
 def test_missing_paths_are_refused_and_nothing_is_written(protonet_run, tmp_path, missing):
     support = support_folder(tmp_path / "support", [1, 1])
     query = random_png(tmp_path / "q.png", seed=5)
     out = tmp_path / "predictions.csv"
     args = {"run": protonet_run, "support": support, "query": query, "out": out}
-    args[missing if missing != "out folder" else "out"] = tmp_path / "nowhere" / ("x.csv" if missing == "out folder"
-                                                                                  else "x")
+    args[missing] = tmp_path / "nowhere" / "x"
     result = run_cli("predict", args["run"], "--support", args["support"], "--query", args["query"],
                      "--out", args["out"], "--device", "cpu")
     assert_one_line_error(result, str(tmp_path / "nowhere"))
     assert not out.exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_the_folders_of_out_are_created_as_for_every_out(protonet_run, tmp_path):
+    support = support_folder(tmp_path / "support", [1, 1])
+    out = tmp_path / "new" / "folder" / "predictions.csv"
+    result = run_cli("predict", protonet_run, "--support", support, "--query", random_png(tmp_path / "q.png", 5),
+                     "--out", out, "--device", "cpu")
+    assert result.exit_code == 0 and out.read_text().startswith(",".join(CSV_COLUMNS)), result.output
+
+
+@pytest.mark.parametrize("target", ["run file", "input image"])
+def test_out_may_not_replace_the_runs_files_or_an_input_even_with_overwrite(protonet_run, tmp_path, target):
+    support = support_folder(tmp_path / "support", [1, 1])
+    query = random_png(tmp_path / "q.png", seed=5)
+    out = protonet_run / "config.json" if target == "run file" else query
+    before = out.read_bytes()
+    result = run_cli("predict", protonet_run, "--support", support, "--query", query, "--out", out, "--overwrite",
+                     "--device", "cpu")
+    assert_one_line_error(result, "is inside the run directory" if target == "run file" else
+                          "is one of the input images")
+    assert out.read_bytes() == before
 
 
 def test_an_existing_out_file_is_replaced_only_with_overwrite(protonet_run, tmp_path):

@@ -5,7 +5,9 @@ kept one file per protocol and marked stale when their checkpoint changes."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Dict
 
@@ -205,11 +207,33 @@ def test_a_run_killed_before_its_first_checkpoint_is_named_as_such(synthetic_dat
     assert code == 0, err
     for checkpoint in (run / "checkpoints").iterdir():
         checkpoint.unlink()
+    metrics = run / "metrics.jsonl"  # killed before the first validation: training rows only
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines()
+                               if json.loads(line)["kind"] == "train" and json.loads(line)["step"] == 1))
     code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS)
     assert one_line_error(code, err) == (f"error: run directory {run} holds a run that wrote no checkpoint (it was "
                                          f"killed before its first); pass --overwrite to start it again")
     code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", run, *ARGS, "--overwrite")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("left", ["metrics log", "evaluations"])
+def test_a_run_whose_checkpoints_were_removed_is_not_called_killed(trained, tmp_path, left):
+    """A run that validated or was evaluated had checkpoints: the message says they were removed,
+    to restore them, and what --overwrite would discard."""
+    run = trained
+    shutil.rmtree(run / "checkpoints")
+    if left == "evaluations":
+        (run / "metrics.jsonl").write_text("")
+    else:
+        for evaluation in run.glob("eval-*.json"):
+            evaluation.unlink()
+    assert any(run.glob("eval-*.json")) == (left == "evaluations")
+    before = snapshot(run)
+    code, _, err = run_cli("train", "--resume", run)
+    message = one_line_error(code, err)
+    assert f"has no checkpoints, but its {left} show it had some" in message and "restore checkpoints/" in message
+    assert "also replaces its metrics and evaluations" in message and snapshot(run) == before
 
 
 def test_a_killed_overwrites_staging_folder_is_cleaned_by_the_next_one(trained, synthetic_data_root):
@@ -245,7 +269,8 @@ def test_resuming_a_finished_run_says_so_and_writes_nothing(trained):
 def test_resume_refuses_iterations_below_the_current_step(trained):
     before = snapshot(trained)
     code, _, err = run_cli("train", "--resume", trained, "--iterations", "2", "--quiet")
-    assert "--iterations 2 is below the step this run has reached (4)" in one_line_error(code, err)
+    assert "--iterations 2 is below the step this run has reached (4); pass --iterations above 4" in \
+        one_line_error(code, err)
     assert snapshot(trained) == before
     assert json.loads((trained / "config.json").read_text())["optim"]["iterations"] == 4
 
@@ -394,13 +419,17 @@ def test_a_run_stopped_before_its_first_validation_points_to_its_last_checkpoint
     code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet", "--checkpoint", "last")
     assert code == 0, err
     last = run / "checkpoints" / "last.pt"
-    kept = last.read_bytes()
-    last.unlink()  # and none at all: a run killed before its first checkpoint
-    code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet")
-    assert one_line_error(code, err) == (f"error: run {run} has no checkpoint: it was stopped before its first; "
-                                         f"train it again (`l2l-app train --out {run} --overwrite` with its settings)")
-    last.write_bytes(kept)
+    kept, log = last.read_bytes(), (run / "metrics.jsonl").read_text()
+    # and none at all: a run killed before its first checkpoint (no evaluation, no validation logged)
+    last.unlink()
     (run / "eval-test-last-5w1s2q-2ep-seed1234.json").unlink()
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in log.splitlines() if '"val"' not in line))
+    code, _, err = run_cli("eval", run, "--episodes", "2", "--quiet")
+    assert one_line_error(code, err) == (f"error: run directory {run} holds a run that wrote no checkpoint (it was "
+                                         f"killed before its first); train it again (`l2l-app train --out {run} "
+                                         f"--overwrite` with its settings)")
+    last.write_bytes(kept)
+    (run / "metrics.jsonl").write_text(log)
     code, _, err = run_cli("report", run, "--out", tmp_path / "report")
     assert code == 0, err
     assert f"`l2l-app eval {run} --split test --checkpoint last " in (tmp_path / "report" / "report.md").read_text()
@@ -416,3 +445,77 @@ def test_a_new_time_budget_below_the_time_trained_is_refused_and_changes_nothing
     assert code == 2 and err.startswith("error: --time-budget 5e-06 is below the") and \
         "pass a --time-budget above" in err and err.count("\n") == 1, err
     assert snapshot(run) == before
+
+
+# ------------------------------------------------------------------------------ what --out may replace
+def test_overwrite_refuses_a_run_holding_files_it_did_not_write(trained, synthetic_data_root):
+    (trained / "notes.txt").write_text("my thesis")
+    (trained / "sub").mkdir()
+    (trained / "checkpoints" / "keep-this.pt").write_bytes(b"mine")
+    before = snapshot(trained)
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", trained, *ARGS, "--overwrite")
+    message = one_line_error(code, err)
+    assert "it holds checkpoints/keep-this.pt, notes.txt, sub/, which l2l-app did not write" in message
+    assert snapshot(trained) == before and (trained / "sub").is_dir()
+
+
+def test_overwrite_refuses_a_folder_whose_config_json_is_not_a_runs(tmp_path, synthetic_data_root):
+    folder = tmp_path / "precious"
+    folder.mkdir()
+    (folder / "config.json").write_text("my own settings, not JSON")
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", folder, *ARGS, "--overwrite")
+    assert "its config.json is not a run's config" in one_line_error(code, err)
+    assert (folder / "config.json").read_text() == "my own settings, not JSON"
+
+
+def test_out_inside_a_run_is_refused(trained, synthetic_data_root):
+    before = snapshot(trained)
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", trained / "sub" / "run", *ARGS)
+    assert f"is inside the run directory {trained.resolve()}" in one_line_error(code, err)
+    assert snapshot(trained) == before and not (trained / "sub").exists()
+
+
+def test_out_inside_the_data_root_is_refused(synthetic_data_root):
+    before = snapshot(synthetic_data_root)
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", synthetic_data_root / "myrun",
+                           *ARGS)
+    assert f"is inside the data root {synthetic_data_root.resolve()}" in one_line_error(code, err)
+    assert snapshot(synthetic_data_root) == before
+
+
+def test_out_that_holds_other_files_is_named_as_not_a_run(tmp_path, synthetic_data_root):
+    folder = tmp_path / "documents"
+    folder.mkdir()
+    (folder / "a.txt").write_text("x")
+    code, _, err = run_cli("train", "--data-root", synthetic_data_root, "--out", folder, *ARGS)
+    assert "it holds files but is not an l2l-app run directory" in one_line_error(code, err)
+
+
+def test_resuming_a_run_that_cannot_be_written_says_so(trained, monkeypatch):
+    def read_only(self, directory):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(rundir._Lock, "__init__", read_only)
+    code, _, err = run_cli("train", "--resume", trained, "--iterations", "8")
+    message = one_line_error(code, err)
+    assert message.startswith(f"error: cannot write to run directory {trained}: Permission denied; give yourself")
+
+
+def test_a_runs_file_given_for_the_run_is_named_as_a_file(trained):
+    code, _, err = run_cli("eval", trained / "config.json", "--episodes", "2", "--quiet")
+    assert f"is a file, not a run directory; pass the run's folder ({trained})" in one_line_error(code, err)
+
+
+def test_eval_of_a_run_still_training_before_its_first_checkpoint_says_so(trained):
+    shutil.rmtree(trained / "checkpoints")
+    for evaluation in trained.glob("eval-*.json"):
+        evaluation.unlink()
+    (trained / "metrics.jsonl").write_text("")
+    lock = rundir._Lock(trained)  # as `train` holds it
+    try:
+        code, _, err = run_cli("eval", trained, "--episodes", "2", "--quiet")
+    finally:
+        lock.release()
+    message = one_line_error(code, err)
+    assert f"run {trained} has no checkpoint yet: process {os.getpid()} is training it" in message
+    assert "--overwrite" not in message

@@ -88,7 +88,8 @@ def _sgd_with_linear_annealing(params: List[torch.Tensor], optim, settings: Rept
 
 
 REPTILE_SGD = MetaOptimizer("SGD with lr = epsilon, annealed linearly to --meta-lr-final", (),
-                            _sgd_with_linear_annealing, capturable=True, spans_iterations=True)
+                            _sgd_with_linear_annealing, capturable=True, spans_iterations=True,
+                            defaults={"meta_lr": 1.0})  # Nichol et al.'s epsilon: the whole step towards the mean
 
 
 def minibatch_schedule(num_tasks: int, num_support: int, inner_batch: int, steps: int,

@@ -62,6 +62,7 @@ from ..data.types import IMAGES
 from ..errors import ConfigError
 from ..engine.graphs import CapturedMetaGradient, CapturedTrainingStep
 from ..experiment import build_learner, build_model, build_optimizer, load_config_split
+from ..fileio import check_output_folder, make_folder, staged_output
 from ..learner import apply_meta_gradient
 from ..registry import DATASETS
 from . import torchmeta_style
@@ -462,11 +463,20 @@ def _finish(results: List[Dict[str, Any]]) -> None:
             r["speedup_vs_loop"] = speedup(base.get(r["mode"]), r["median_ms"])
 
 
-def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> Dict[str, Any]:
-    """Measure every impl (and every sweep), write bench.json, bench.md and sweep plots into `out_dir`."""
+#: the files that say a folder holds a bench's results (replaced only with `overwrite`)
+BENCH_RESULTS = ("bench.json", "bench.md")
+
+
+def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr, overwrite: bool = False) -> Dict[str, Any]:
+    """Measure every impl (and every sweep), write bench.json, bench.md and sweep plots into `out_dir`.
+
+    Refused before anything is loaded or timed when `out_dir` cannot be written or (without
+    `overwrite`) already holds a bench; a refused bench creates nothing.  `out_dir` is created at
+    the first measurement (bench.partial.json); an earlier bench's files there are replaced only
+    once the new ones are written.
+    """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"--out {out_dir} is a file; choose a directory")
+    check_output_folder(out_dir, BENCH_RESULTS, overwrite, "bench")
     bench = Bench(s, progress)
     impls = list(s.impls)
     if "loop" in impls:  # the loop is the reference for gradients and speed-ups: measure it first
@@ -477,7 +487,7 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
     sweep_configs = {name: [(v, experiment_config(s, **{SWEEPABLE[name]: v})) for v in values]
                      for name, values in s.sweeps.items()}
     check_something_runs(bench, impls, modes)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    bench.batch(s.meta_batch)  # the episode shape against the data (e.g. --ways above its classes)
     results: List[Dict[str, Any]] = []
     for end_to_end in modes:
         reference = None
@@ -533,13 +543,14 @@ def run_bench(s: BenchSettings, out_dir: Path, progress: Progress = _stderr) -> 
     }
     from ..plots import plot_sweep
     from ..report import bench_markdown
-    (out_dir / "bench.json").write_text(_json(report))
-    plots = [plot_sweep(name, rows, out_dir / f"sweep-{name}.png") for name, rows in sweeps.items()]
-    for old_plot in set(out_dir.glob("sweep-*.png")) - set(plots):  # an earlier bench's, in this folder
-        old_plot.unlink()
-    report["plots"] = [p.name for p in plots]
-    (out_dir / "bench.json").write_text(_json(report))
-    (out_dir / "bench.md").write_text(bench_markdown(report))
+    with staged_output(out_dir) as new:  # the new files first, then each moved over its earlier namesake
+        plots = [plot_sweep(name, rows, new / f"sweep-{name}.png") for name, rows in sweeps.items()]
+        report["plots"] = [p.name for p in plots]
+        (new / "bench.json").write_text(_json(report))
+        (new / "bench.md").write_text(bench_markdown(report))
+    for old_plot in out_dir.glob("sweep-*.png"):  # an earlier bench's, in this folder
+        if old_plot.name not in report["plots"]:
+            old_plot.unlink()
     (out_dir / "bench.partial.json").unlink(missing_ok=True)
     return report
 
@@ -564,6 +575,7 @@ def check_something_runs(bench: Bench, impls: List[str], modes: List[bool]) -> N
 def _write_partial(out_dir: Path, results: List[Dict[str, Any]]) -> None:
     """bench.partial.json after every measurement, so an interrupted bench keeps what it measured."""
     rows = [{k: v for k, v in r.items() if k != "_grads"} for r in results]
+    make_folder(out_dir)  # created at the first measurement: a refused bench leaves no folder
     (out_dir / "bench.partial.json").write_text(_json({"results": rows}))
 
 

@@ -13,6 +13,7 @@ mapping is a lookup table computed on the CPU, so every device gives bit-identic
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -21,10 +22,35 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from l2l_app.data.types import IMAGES, VECTORS, Dataset, SplitData
-from l2l_app.errors import DataError
+from l2l_app.errors import ConfigError, DataError
 
 #: std below this is treated as 1 (a constant channel or feature carries no scale)
 MIN_STD = 1e-6
+
+
+#: the entries every preprocessing.json holds (mean, std and invert may be absent: None, None, False)
+REQUIRED_ENTRIES = ("dataset", "kind", "channels", "image_size", "resize")
+_TYPE_WORDS = {str: "text", int: "a whole number", bool: "true or false", float: "a number"}
+
+
+def _entry(d: Mapping[str, Any], key: str, kind: type, default: Any = None) -> Any:
+    """`d[key]` checked to be of `kind` (`default` when absent); ValueError naming the entry otherwise."""
+    value = d.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"its {key!r} entry is {value!r}, not {_TYPE_WORDS[kind]}")
+    return value
+
+
+def _numbers(d: Mapping[str, Any], key: str) -> Optional[Tuple[float, ...]]:
+    """`d[key]` as a tuple of floats (None when absent or null); ValueError naming the entry otherwise."""
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"its {key!r} entry is {value!r}, not a list of numbers or null")
+    return tuple(float(v) for v in value)
 
 
 @dataclass(frozen=True)
@@ -74,9 +100,34 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Preprocessing":
-        return cls(str(d["dataset"]), str(d["kind"]), int(d["channels"]), int(d["image_size"]), str(d["resize"]),
-                   None if d.get("mean") is None else tuple(float(v) for v in d["mean"]),
-                   None if d.get("std") is None else tuple(float(v) for v in d["std"]), bool(d.get("invert", False)))
+        """Inverse of `to_dict` (preprocessing.json).  A damaged one raises ValueError naming the entry
+        that is missing or of the wrong type (`rundir.load_preprocessing` adds the file and the fix)."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"expected a JSON object with {', '.join(map(repr, REQUIRED_ENTRIES))}, got a "
+                             f"{type(d).__name__}")
+        missing = [key for key in REQUIRED_ENTRIES if key not in d]
+        if missing:
+            raise ValueError(f"it has no {' and '.join(map(repr, missing))} entr{'ies' if len(missing) > 1 else 'y'}")
+        return cls(_entry(d, "dataset", str), _entry(d, "kind", str), _entry(d, "channels", int),
+                   _entry(d, "image_size", int), _entry(d, "resize", str), _numbers(d, "mean"), _numbers(d, "std"),
+                   _entry(d, "invert", bool, False))
+
+    @classmethod
+    def read(cls, path: Path) -> "Preprocessing":
+        """A run's preprocessing.json; unreadable, truncated or damaged -> one ConfigError naming the file,
+        what is wrong and the fix (`from_dict` names a missing or mistyped entry)."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}; check that you may read it") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            what = "it is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"it is not valid JSON ({exc})"
+            raise ConfigError(f"cannot read {path}: {what}; restore it from a copy of the run") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as exc:
+            raise ConfigError(f"cannot read {path}: {exc}; restore it from a copy of the run") from None
 
     # ------------------------------------------------------------------ facts
     @property
