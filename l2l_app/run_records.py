@@ -231,7 +231,7 @@ def compare(run_dir: Path, config: ExperimentConfig, evaluations: Sequence[Evalu
             role: str, trained_steps: Optional[int] = None) -> Comparison:
     """The run against `recipe`: the matching evaluation and every setting that differs; a run that
     trained fewer steps than the recipe's iterations (`trained_steps`, from its metrics) differs in
-    them even where its config asked for as many (a time budget or a stop ended it)."""
+    those steps, even where its config asked for as many or more (a time budget or a stop ended it)."""
     evaluation = pick_evaluation(evaluations, recipe, config)
     missing = ""
     if evaluation is None:
@@ -242,8 +242,11 @@ def compare(run_dir: Path, config: ExperimentConfig, evaluations: Sequence[Evalu
                    f"evaluate with `{command}`")
     differences = protocol_differences(config, recipe, evaluation)
     wanted = recipe.settings.get("iterations")
-    if (trained_steps is not None and wanted is not None and trained_steps < wanted
-            and not any(d.setting == "iterations" for d in differences)):
+    asked = next((d.ours for d in differences if d.setting == "iterations"), wanted)
+    if trained_steps is not None and wanted is not None and trained_steps < wanted and asked != trained_steps:
+        # the steps trained, not the --iterations asked for (as many as the recipe's or more, for a
+        # run a time budget ended): what the accuracy comes from
+        differences = [d for d in differences if d.setting != "iterations"]
         differences.append(Difference("iterations", trained_steps, wanted, "metrics"))
     return Comparison(recipe, role, evaluation, differences, missing)
 

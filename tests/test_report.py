@@ -206,6 +206,12 @@ def test_a_run_cut_short_differs_in_the_steps_it_trained(maml, tmp_path):
     assert found["iterations"] == (2, 60000, "metrics")
     md = Path(build_report([run], tmp_path / "report")["md"]).read_text()
     assert "| `--iterations` | 2 | 60000 | the steps it trained (metrics.jsonl) |" in md
+    # asked for more than the recipe's (a time budget run: --iterations 100000) but trained 2: the 2 count
+    config["optim"]["iterations"] = 100000
+    (run / "config.json").write_text(json.dumps(config))
+    comparison, = load_run_record(run).comparisons
+    assert [(d.ours, d.theirs, d.source) for d in comparison.differences if d.setting == "iterations"] == \
+        [(2, 60000, "metrics")]
 
 
 # ------------------------------------------------------------------------------ configuration
