@@ -127,26 +127,25 @@ def weights_mismatch(model: nn.Module, saved: Mapping[str, Any]) -> Optional[str
     return None
 
 
-def load_learner(learner: Any, state: Dict[str, Any], path: Path, built_from: str = "the run's config.json") -> None:
+def load_learner(learner: Any, state: Dict[str, Any], path: Path) -> None:
     """Load a training checkpoint's learner state (`learner_state`) into `learner` (a `MetaLearner`).
 
-    A checkpoint that does not fit the model `built_from` describes (another --hidden, backbone or
-    algorithm: config.json edited, or a checkpoint from another run) is one CheckpointError naming
-    the first mismatching tensor and the fix, not torch's multi-line list.
+    A checkpoint that does not fit the model the run's config.json describes (another --hidden,
+    backbone or algorithm: config.json edited, or a checkpoint from another run) is one
+    CheckpointError naming the first mismatching tensor and the fix, not torch's multi-line list.
     """
     try:
         wanted = learner_state(state)
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    fix = (f"the checkpoint does not fit the model {built_from} describes; restore config.json (or the "
-           f"checkpoint) from a copy of the run")
+    restore = "restore config.json (or the checkpoint) from a copy of the run"
     problem = weights_mismatch(learner.model, wanted["model"])
     if problem is not None:
-        raise CheckpointError(f"{path} does not match {built_from}: {problem}; restore config.json (or the "
-                              f"checkpoint) from a copy of the run")
+        raise CheckpointError(f"{path} does not match the run's config.json: {problem}; {restore}")
     try:
         learner.load_state_dict(wanted)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         detail = (lines[-1] if lines else type(exc).__name__)[:160]
-        raise CheckpointError(f"{path} cannot be loaded ({detail}): {fix}") from None
+        raise CheckpointError(f"{path} cannot be loaded ({detail}): the checkpoint does not fit the model the "
+                              f"run's config.json describes; {restore}") from None

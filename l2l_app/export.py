@@ -52,7 +52,7 @@ from . import __version__
 from .data.preprocess import Preprocessing
 from .data.types import VECTORS
 from .errors import CheckpointError, ConfigError
-from .fileio import atomic_write, write_json
+from .fileio import atomic_write, nearest_existing, write_json
 from .rundir import check_outside
 
 if TYPE_CHECKING:  # the experiment imports the algorithms; only `export_run` needs it
@@ -105,8 +105,8 @@ def check_request(out: Path, fmt: str, checkpoint: str, overwrite: bool, run_dir
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder; give a file name, e.g. --out {out / 'model.pt'}")
-    blocking = next((p for p in out.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = nearest_existing(out.parent)
+    if not blocking.is_dir():
         raise ConfigError(f"--out {out}: {blocking} is a file, not a folder; choose another --out")
     if run_dir is not None:
         check_outside(out, run_dir, "--out", "the run directory")

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, Type
+from typing import Any, Callable, Iterator, List, Sequence, Type
 
 from .errors import CheckpointError, ConfigError, L2LAppError
 
@@ -53,6 +53,20 @@ def atomic_write(path: Path, write: Callable[[Any], None]) -> None:
         raise
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists (a dangling link counts), else its nearest existing ancestor."""
+    path = Path(path)
+    while not os.path.lexists(path) and path.parent != path:
+        path = path.parent
+    return path
+
+
+def missing_folders(path: Path) -> List[Path]:
+    """The folders `mkdir -p path` would create, deepest first ([] when `path` exists)."""
+    path = Path(path)
+    return [path, *path.parents][:len(path.parts) - len(nearest_existing(path).parts)]
+
+
 def check_writable(folder: Path, what: str, error: Type[L2LAppError] = ConfigError,
                    fix: str = "choose another --out or fix its permissions") -> None:
     """Raise `error` (one line) unless files can be written in `folder`, or it can be created.
@@ -62,9 +76,7 @@ def check_writable(folder: Path, what: str, error: Type[L2LAppError] = ConfigErr
     folder in the message (e.g. "--out bench/b1"), `fix` says what to do about it.
     """
     folder = Path(folder)
-    existing = folder
-    while not os.path.lexists(existing) and existing.parent != existing:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     if not existing.is_dir():
         where = "it is a file" if existing == folder else f"{existing} is a file"
         raise error(f"cannot write {what}: {where}; choose another --out")
@@ -116,13 +128,8 @@ def staged_output(folder: Path) -> Iterator[Path]:
 
 def make_folder(folder: Path) -> list[Path]:
     """mkdir -p `folder`; the folders it created, deepest first (for `remove_empty`)."""
-    folder = Path(folder)
-    missing = []
-    p = folder
-    while not os.path.lexists(p) and p.parent != p:
-        missing.append(p)
-        p = p.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    missing = missing_folders(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
     return missing
 
 

@@ -34,7 +34,7 @@ import torch
 from .data import images
 from .data.types import IMAGES
 from .errors import DataError
-from .fileio import atomic_write
+from .fileio import atomic_write, nearest_existing
 from .rundir import check_outside
 
 if TYPE_CHECKING:
@@ -354,8 +354,8 @@ def check_output_file(path: PathLike, overwrite: bool = False) -> None:
         raise DataError(f"--out {path} exists; pass --overwrite to replace it, or choose another path")
     if path.is_dir():
         raise DataError(f"--out {path} is a folder; give a file path such as {path / 'predictions.csv'}")
-    blocking = next((p for p in path.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = nearest_existing(path.parent)
+    if not blocking.is_dir():
         raise DataError(f"--out {path}: {blocking} is a file, not a folder; choose another path")
 
 

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .config import flag
-from .errors import ConfigError
 from .fileio import check_output_folder, staged_output
 from .plots import plot_learning_curves
 from .recipes import Recipe
 from .run_records import Comparison, RunRecord, checkpoint_of, load_run_records, shape_label
-from .rundir import CONFIG_FILE, Evaluation, checkpoint_path, eval_command
+from .rundir import CONFIG_FILE, Evaluation, check_outside, checkpoint_path, eval_command
 
 NA = "n/a"
 CURVES_PNG = "learning_curves.png"
@@ -381,9 +380,7 @@ def build_report(run_dirs: Sequence[Path | str], out_dir: Path | str, overwrite:
     records = load_run_records(run_dirs)
     out_dir = Path(out_dir)
     for rec in records:
-        if out_dir.resolve() == rec.path.resolve() or rec.path.resolve() in out_dir.resolve().parents:
-            raise ConfigError(f"--out {out_dir} is inside the run {rec.path}; choose a folder outside it, "
-                              f"e.g. {rec.path.resolve().parent / 'report'}")
+        check_outside(out_dir, rec.path, "--out", "the run", example=rec.path.resolve().parent / "report")
     check_output_folder(out_dir, REPORT_FILES[:2], overwrite, "report")
     with staged_output(out_dir) as new:  # the new files first, then each moved over its earlier namesake
         curves = plot_learning_curves(records, new / CURVES_PNG)

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .config import ExperimentConfig, load_json, resolve
 from .errors import ConfigError
-from .fileio import file_sha256, read_json
+from .fileio import file_sha256, missing_folders, nearest_existing, read_json
 
 if TYPE_CHECKING:
     from .data import Preprocessing
@@ -90,11 +90,13 @@ def enclosing_run(path: Path) -> Optional[Path]:
     return None
 
 
-def check_outside(path: Path, folder: Path, flag: str, what: str) -> None:
-    """ConfigError when `path` is `folder` or lies inside it (`what` names the folder in the message)."""
-    path, folder = Path(path).resolve(), Path(folder).resolve()
-    if path == folder or folder in path.parents:
-        raise ConfigError(f"{flag} {path} is inside {what} {folder}; choose a path outside it")
+def check_outside(path: Path, folder: Path, flag: str, what: str, example: Optional[Path] = None) -> None:
+    """ConfigError when `path` is `folder` or lies inside it (compared resolved, named as given);
+    `what` names the folder in the message, `example` a path outside it to suggest."""
+    resolved, outer = Path(path).resolve(), Path(folder).resolve()
+    if resolved == outer or outer in resolved.parents:
+        suggestion = f", e.g. {example}" if example is not None else ""
+        raise ConfigError(f"{flag} {path} is inside {what} {folder}; choose a path outside it{suggestion}")
 
 
 def load_config(run_dir: Path) -> ExperimentConfig:
@@ -193,9 +195,7 @@ def check_run_target(path: Path, mode: str) -> None:
     path = Path(path)
     flag = "--resume" if mode == "resume" else "--out"
     # The nearest existing ancestor must be a folder we can create things in.
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(path)
     if existing != path and not existing.is_dir():
         raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; choose a path under a folder")
     if existing != path and not os.access(existing, os.W_OK | os.X_OK):
@@ -278,14 +278,6 @@ def _validated(metrics_file: Path) -> bool:
     return False
 
 
-def _topmost_missing(path: Path) -> Optional[Path]:
-    """The outermost folder of `path` that does not exist yet (None if `path` exists)."""
-    top = None
-    while not path.exists() and path != path.parent:
-        top, path = path, path.parent
-    return top
-
-
 class RunDirectory:
     """A run directory held by this process: files go to `.path`; `.final` is the user's path.
 
@@ -310,7 +302,7 @@ class RunDirectory:
                 self.path = self.final.parent / f".{self.final.name}.staging-{os.getpid()}"
                 self.path.mkdir()
             elif mode != "resume":
-                self._created = _topmost_missing(self.final)
+                self._created = next(reversed(missing_folders(self.final)), None)  # the outermost
                 self._emptied = self.final if self._created is None else None
                 self.final.mkdir(parents=True, exist_ok=True)
                 if _contents(self.final):  # another process created it after our check
