@@ -305,8 +305,8 @@ class Trainer:
         if budget is not None and budget < used and budget != load_config(self.run_dir).run.time_budget:
             # a new budget already spent asks for the impossible; the run's own spent budget is
             # 'nothing to do' (RunSummary.describe says how to continue)
-            raise ConfigError(f"--time-budget {budget:g} is below the {used:.2f} min this run has trained; "
-                              f"pass a --time-budget above {used:.2f} to train further")
+            raise ConfigError(f"--time-budget {budget:g} is below the {used:.3g} min this run has trained; "
+                              f"pass a --time-budget above {used:.3g} to train further")
         return state
 
     def _apply(self, state: Dict[str, Any]) -> None:

@@ -444,6 +444,8 @@ def test_a_new_time_budget_below_the_time_trained_is_refused_and_changes_nothing
     code, out, err = run_cli("train", "--resume", run, "--time-budget", "0.000005", "--quiet")
     assert code == 2 and err.startswith("error: --time-budget 5e-06 is below the") and \
         "pass a --time-budget above" in err and err.count("\n") == 1, err
+    used = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["elapsed"] / 60
+    assert f"below the {used:.3g} min this run has trained; pass a --time-budget above {used:.3g} " in err, err
     assert snapshot(run) == before
 
 
