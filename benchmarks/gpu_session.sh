@@ -17,11 +17,21 @@
 #     STEPS=more OUT=/path bash benchmarks/gpu_session.sh       # Reptile (calibration, 4 min, eval), then
 #                                                               #   Meta-SGD and ANIL together (1.5 min + evals):
 #                                                               #   <= 9.5 min
+#     STEPS=explore OUT=/path bash benchmarks/gpu_session.sh    # parity; both recipes' benches in every
+#                                                               #   configuration training can pick (plain and
+#                                                               #   compiled; cuDNN autotuning; unfold, with the
+#                                                               #   loop for its parity column; ProtoNet NHWC);
+#                                                               #   kernel profiles (~9 min: a call of its own)
+#     STEPS=maml MAML_MINUTES=N OUT=/path bash ...              # MAML's reproduction alone, N minutes, with the
+#                                                               #   flags explore's benches pick (none: --engine
+#                                                               #   auto's tuning)
+#   Since 2026-11-27 `--engine auto` trains MAML and ProtoNet with the configurations explore measured
+#   fastest, so `reproduce` needs no benches first: a session's 15 minutes hold `reproduce` (ProtoNet's
+#   20,000 steps end before its 2 minutes, MAML's 60,000 before its 6) and then part of `more`.
 #     STEPS=all: timing, reproduce and more (over one call's 10 minutes: only where calls may be longer)
-#   A session's 15 device minutes hold `essential` and `reproduce` back to back on one warm machine
-#   (the second call reads the first one's benches from /tmp; the speed goals are the first one's
-#   figures), but not `timing` and `reproduce`: `timing` adds the cuDNN, unfold and channels-last
-#   variants, Reptile's bench, the kernel profiles and the captured-resume checks.
+#   `essential` and `reproduce` fit one session back to back on one warm machine (the second call reads
+#   the first one's benches from /tmp); `timing` adds the TF32 bench, Reptile's bench and the
+#   captured-resume checks to explore's variants.
 #   MAML_ARGS / PROTONET_ARGS (e.g. "--train-arg=--compile") replace the picked flags, for a call on a
 #   fresh machine that no longer holds the timing step's benches.
 #   dry run here (tiny, CPU):  DRY=1 STEPS=all OUT=/tmp/gpu_dry bash benchmarks/gpu_session.sh
@@ -35,8 +45,11 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
 RES=/tmp/gpu_results
 STEPS=${STEPS:-all}
-case "$STEPS" in all|timing|essential|reproduce|more) ;;
-  *) echo "error: STEPS=$STEPS: choose essential, timing, reproduce, more or all" >&2; exit 2 ;; esac
+case "$STEPS" in all|timing|essential|reproduce|more|explore|maml) ;;
+  *) echo "error: STEPS=$STEPS: choose essential, timing, reproduce, more, explore, maml or all" >&2; exit 2 ;; esac
+if [ "$STEPS" = maml ] && [ -z "${MAML_MINUTES:-}" ]; then
+  echo "error: STEPS=maml needs MAML_MINUTES (the training budget in minutes, e.g. MAML_MINUTES=3)" >&2; exit 2
+fi
 mkdir -p "$OUT" "$RES"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -100,6 +113,37 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
     bench bench-protonet-omniglot-5w1s-cudnn-benchmark-channels-last 60 --recipe protonet-omniglot-5w1s \
       --with-sampler --impl $CAPTURED --cudnn-benchmark --conv-impl channels-last
   fi
+fi
+if [ "$STEPS" = explore ]; then
+  stamp "engine parity on $DEVICE (loop vs batched; captured meta-gradient and whole step vs eager)"
+  timeout 90 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
+    || stamp "parity failed or timed out"
+  pack
+  # every configuration a training run can pick, on each recipe's own workload, end to end as training runs
+  # it (the whole step one CUDA graph); the loop in the first bench of each gives the parity column
+  WHOLE=batched-captured-step,batched-compiled-captured-step
+  bench bench-maml-omniglot-5w1s 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,batched-captured,$WHOLE
+  bench bench-maml-omniglot-5w1s-cudnn-benchmark 75 --recipe maml-omniglot-5w1s --with-sampler --impl $WHOLE \
+    --cudnn-benchmark
+  bench bench-maml-omniglot-5w1s-unfold 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,$WHOLE \
+    --conv-impl unfold
+  bench bench-protonet-omniglot-5w1s 60 --recipe protonet-omniglot-5w1s --with-sampler --impl loop,batched-captured,$WHOLE
+  bench bench-protonet-omniglot-5w1s-cudnn-benchmark 45 --recipe protonet-omniglot-5w1s --with-sampler --impl $WHOLE \
+    --cudnn-benchmark
+  bench bench-protonet-omniglot-5w1s-cudnn-benchmark-channels-last 45 --recipe protonet-omniglot-5w1s --with-sampler \
+    --impl $WHOLE --cudnn-benchmark --conv-impl channels-last
+  bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler --impl $WHOLE \
+    --conv-impl unfold
+  stamp "where the steps' device time goes (kernels by family)"
+  timeout 75 $PY benchmarks/profile_step.py --device "$DEVICE" --out "$RES/profile" --compiled maml-omniglot-5w1s \
+    protonet-omniglot-5w1s ${DRY:+--steps 1 --warmup 1} 2>&1 | grep -v "^\(USDT\|ERROR\|STAGE\)" \
+    | tail -12 || stamp "profile failed or timed out"
+  pack
+fi
+if [ "$STEPS" = maml ]; then
+  ARGS=${MAML_ARGS-$(picked maml-omniglot-5w1s)}
+  stamp "MAML reproduction, $MAML_MINUTES min, with: ${ARGS:-the defaults}"
+  reproduce "$(awk "BEGIN { print int($MAML_MINUTES * 60) + 90 }")" maml-omniglot-5w1s --minutes "$MAML_MINUTES" $ARGS
 fi
 if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   bench bench-maml-omniglot-5w1s-cudnn-benchmark 90 --recipe maml-omniglot-5w1s --with-sampler \

@@ -8,7 +8,9 @@ records a few steps after a warm-up, in two forms:
 
 * `eager`: the batched meta-gradient and the optimiser step launched op by op;
 * `captured step`: the whole step replayed as one CUDA graph (`CapturedTrainingStep`), the form
-  training uses on a GPU (the profiler sees the graph's kernels where CUPTI reports them).
+  training uses on a GPU (the profiler sees the graph's kernels where CUPTI reports them);
+* `compiled captured step` (with --compiled): the same with torch.compile's kernels in the graph,
+  the form `train --compile` uses.
 
 DIR/profile-<recipe>.json holds, per form and per step: the number of device kernels, their
 summed device time, the wall time, and the kernels with the most device time (name, calls,
@@ -100,7 +102,7 @@ def profile_steps(step: Callable[[], Any], steps: int, device: torch.device) -> 
             "top": [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows[:TOP]]}
 
 
-def profile_recipe(recipe: str, device: str, steps: int, warmup: int) -> Dict[str, Any]:
+def profile_recipe(recipe: str, device: str, steps: int, warmup: int, compiled: bool = False) -> Dict[str, Any]:
     workload = recipe_workload(recipe)
     bench = Bench(BenchSettings(**workload, device=device, synthetic=True), progress=lambda _: None)
     config, dev = bench.config, bench.device
@@ -117,14 +119,18 @@ def profile_recipe(recipe: str, device: str, steps: int, warmup: int) -> Dict[st
             apply_meta_gradient(learner, optimizer, config.optim.grad_clip)
         return step
 
-    def captured() -> Callable[[], Any]:
-        learner, _ = build_impl("batched", config, bench.model)
-        optimizer, _ = build_optimizer(config, learner, capturable=dev.type == "cuda")
-        source = build_task_source("tensor", bench.split, bench.s.ways, bench.s.shots, bench.s.queries,
-                                   seed=0, device=dev)
-        return CapturedTrainingStep(learner, source, config.optim.meta_batch, optimizer, config.optim.grad_clip)
+    def captured(impl: str) -> Callable[[], Callable[[], Any]]:
+        def make() -> Callable[[], Any]:
+            learner, _ = build_impl(impl, config, bench.model)
+            optimizer, _ = build_optimizer(config, learner, capturable=dev.type == "cuda")
+            source = build_task_source("tensor", bench.split, bench.s.ways, bench.s.shots, bench.s.queries,
+                                       seed=0, device=dev)
+            return CapturedTrainingStep(learner, source, config.optim.meta_batch, optimizer, config.optim.grad_clip)
+        return make
 
-    forms["eager"], forms["captured step"] = eager, captured
+    forms["eager"], forms["captured step"] = eager, captured("batched-captured-step")
+    if compiled:
+        forms["compiled captured step"] = captured("batched-compiled-captured-step")
     for name, make in forms.items():
         try:
             step = make()
@@ -147,10 +153,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="profiled steps per form")
     parser.add_argument("--warmup", type=int, default=5, help="unprofiled steps first (the capture among them)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compiled", action="store_true", help="also profile the step with torch.compile's kernels")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for recipe in args.recipes:
-        result = {"environment": environment(), **profile_recipe(recipe, args.device, args.steps, args.warmup)}
+        profiled = profile_recipe(recipe, args.device, args.steps, args.warmup, args.compiled)
+        result = {"environment": environment(), **profiled}
         (args.out / f"profile-{recipe}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -24,6 +24,7 @@ from .backbones import CONV_IMPLS
 from .data.types import DATA_OPTIONS, RESIZE_POLICIES
 from .errors import ConfigError, L2LAppError
 from .bench.harness import IMPLS
+from .experiment import PLAIN_TUNING
 from .export import FORMATS as EXPORT_FORMATS
 from .registry import ALGORITHMS, BACKBONES, DATASETS
 from .settings import Limit
@@ -79,6 +80,22 @@ class SectionedCommand(click.Command):
         for title, rows in sections.items():
             with formatter.section(title):
                 formatter.write_dl(rows)
+
+
+def tuned_default(name: str) -> str:
+    """--help's default of a setting `experiment.resolve_tuning` fills in: its plain value, and the
+    algorithms whose measured fastest GPU step differs ('off; with --engine auto on a GPU: maml on')."""
+    plain = PLAIN_TUNING[name]
+    tuned = {algo: spec.gpu_tuning[name] for algo, spec in ALGORITHMS.items() if name in spec.gpu_tuning}
+    shown = {algo: _shown_value(name, value) for algo, value in tuned.items() if value != plain}
+    by_value: Dict[str, List[str]] = {}
+    for algo, value in shown.items():
+        by_value.setdefault(value, []).append(algo)
+    text = _shown_value(name, plain)
+    if by_value:
+        text += "; with --engine auto, training on a GPU: " + "; ".join(
+            f"{', '.join(algos)} {value}" for value, algos in by_value.items())
+    return text
 
 
 #: what --help says for settings whose default is None (derived, or off)
@@ -139,7 +156,7 @@ def shown_default(name: str) -> str:
         return _grouped({owner: _shown_value(name, v) for owner, v in components.items()})
     value = DEFAULTS[name]
     if value is None:
-        return DERIVED_DEFAULTS[name]
+        return tuned_default(name) if name in PLAIN_TUNING else DERIVED_DEFAULTS[name]
     if isinstance(value, bool):
         return flag(name, value).lstrip("-")
     return str(value)

@@ -166,16 +166,18 @@ class RunConfig:
     engine: str = "auto"
     chunk_size: Optional[int] = None
     max_memory: Optional[float] = None
-    compile: bool = False
+    #: torch.compile the batched meta-loss; None: as `experiment.resolve_tuning` decides (on only where
+    #: --engine auto trains on a GPU and the algorithm's measured fastest step compiles)
+    compile: Optional[bool] = None
     #: capture each batched training step (or its meta-gradient) as one CUDA graph (engine.graphs);
     #: None: on a GPU with the batched engine
     cuda_graph: Optional[bool] = None
     tf32: bool = False
-    #: let cuDNN time its algorithms for each convolution shape and keep the fastest (GPU)
-    cudnn_benchmark: bool = False
+    #: let cuDNN time its algorithms for each convolution shape and keep the fastest (GPU); None: like compile
+    cudnn_benchmark: Optional[bool] = None
     #: how convolutions compute: native (cuDNN), channels-last (NHWC) or unfold (im2col + one matrix
-    #: product); `backbones.conv`
-    conv_impl: str = "native"
+    #: product); `backbones.conv`; None: like compile (native unless the measured fastest step differs)
+    conv_impl: Optional[str] = None
     val_every: int = 100
     val_episodes: int = 200
     checkpoint_every: int = 100

@@ -16,7 +16,7 @@ from torch import nn
 
 from . import runtime
 from .backbones import Classifier, assert_no_aliased_submodules, build_backbone, set_conv_impl
-from .config import MODEL_OPTIONS, ExperimentConfig, missing_engine, resolve, validate
+from .config import MODEL_OPTIONS, ExperimentConfig, flag, missing_engine, resolve, validate
 from .data import Dataset, PathLike, Preprocessing, SplitData, TaskSource, build_task_source, load_split
 from .data.types import IMAGES
 from .engine import choose_chunk_size
@@ -66,6 +66,29 @@ def auto_engine(config: ExperimentConfig, device: torch.device, meta_batch: Opti
     return engine, f"measured faster for {algo} on {device.type}" + (" at this meta-batch" if meta_batch else "")
 
 
+#: the values of the tuned run settings when no measurement tunes them
+PLAIN_TUNING: Dict[str, Any] = {"compile": False, "cudnn_benchmark": False, "conv_impl": "native"}
+
+
+def resolve_tuning(config: ExperimentConfig, device: torch.device, engine: str,
+                   training: bool = True) -> Tuple[ExperimentConfig, Tuple[str, ...]]:
+    """The settings PLAIN_TUNING names that the config leaves unset (None) filled in, and their names.
+
+    A training run of `--engine auto` on a GPU with the batched engine gets the algorithm's
+    measured fastest step (`AlgorithmSpec.gpu_tuning`, e.g. MAML: torch.compile and unfold
+    convolutions), unless a setting the user gave contradicts it (unfold without compile is
+    slower than native): then, like every other run (and evaluation, which the compiled
+    training step does not serve), the plain values.  A setting the user gave is never changed.
+    """
+    run = config.run
+    unset = [name for name in PLAIN_TUNING if getattr(run, name) is None]
+    tuning = dict(config.spec.gpu_tuning)
+    tuned = (training and run.engine == "auto" and device.type == "cuda" and engine == "batched"
+             and all(getattr(run, name) in (None, value) for name, value in tuning.items()))
+    values = {name: tuning[name] if tuned and name in tuning else PLAIN_TUNING[name] for name in unset}
+    return dataclasses.replace(config, run=dataclasses.replace(run, **values)), tuple(unset)
+
+
 def resolve_cuda_graph(config: ExperimentConfig, device: torch.device, engine: str) -> bool:
     """--cuda-graph: capture the batched meta-step as one CUDA graph (`engine.graphs`).  None (the
     default) -> on exactly when the batched engine runs on a GPU: the captured step computes what the
@@ -104,7 +127,7 @@ def build_model(config: ExperimentConfig, input_shape: Optional[Tuple[int, ...]]
     backbone = build_backbone(m.backbone, input_shape, m.hidden, **{n: getattr(m, n) for n in MODEL_OPTIONS})
     model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
     assert_no_aliased_submodules(model)
-    return set_conv_impl(model, config.run.conv_impl)
+    return set_conv_impl(model, config.run.conv_impl or PLAIN_TUNING["conv_impl"])  # None: not resolved (bench)
 
 
 def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk_size: Optional[int] = None,
@@ -165,13 +188,21 @@ class Experiment:
     preprocessing: Preprocessing
     #: train through a CUDA graph (`resolve_cuda_graph`; `graph_extent` says what the graph holds)
     cuda_graph: bool = False
+    #: the settings the config left unset and `resolve_tuning` filled in
+    filled: Tuple[str, ...] = ()
+
+    @property
+    def tuned(self) -> Tuple[str, ...]:
+        """The filled settings that differ from PLAIN_TUNING: the algorithm's measured fastest GPU step."""
+        return tuple(name for name in self.filled if getattr(self.config.run, name) != PLAIN_TUNING[name])
 
     @classmethod
     def build(cls, config: ExperimentConfig, device: Optional[str] = None, engine: Optional[str] = None,
               sampler: Optional[str] = None, meta_batch: Optional[int] = None,
-              preprocessing: Optional[Preprocessing] = None) -> "Experiment":
-        """Validate and resolve `config`, pick the device (and its TF32 mode), engine and sampler,
-        and build the model (from the global torch seed: seed first for reproducible weights).
+              preprocessing: Optional[Preprocessing] = None, training: bool = False) -> "Experiment":
+        """Validate and resolve `config`, pick the device (and its TF32 mode), engine, sampler and
+        the tuned settings (`resolve_tuning`; `training`: for a training run), and build the model
+        (from the global torch seed: seed first for reproducible weights).
 
         `preprocessing`: how inputs are prepared (a new run's `Preprocessing.for_run`, or the one
         saved in a run); None: the dataset's decoding, pixels / 255 (needs an image dataset).
@@ -184,13 +215,14 @@ class Experiment:
                                   f"with Preprocessing.for_run(dataset, train split)")
             preprocessing = Preprocessing.unnormalised(dataset)
         dev = runtime.resolve_device(device or config.run.device)
+        chosen = resolve_engine(config, dev, engine, meta_batch)
+        config, filled = resolve_tuning(config, dev, chosen, training)
         runtime.set_tf32(config.run.tf32)
         runtime.set_cudnn_benchmark(config.run.cudnn_benchmark)
-        chosen = resolve_engine(config, dev, engine, meta_batch)
         model = build_model(config, preprocessing.input_shape).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
         return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner,
-                   preprocessing, resolve_cuda_graph(config, dev, chosen))
+                   preprocessing, resolve_cuda_graph(config, dev, chosen), filled)
 
     @classmethod
     def from_run(cls, run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None,
@@ -287,7 +319,18 @@ class Experiment:
             why.append(f"--engine auto: {self.engine} ({reason})")
         if c.cuda_graph is None and self.cuda_graph:
             why.append("--cuda-graph by default with the batched engine on a GPU")
+        if self.tuned:
+            flags = ", ".join(flag(name, value) if isinstance(value, bool) else f"{flag(name)} {value}"
+                              for name, value in ((n, getattr(c, n)) for n in self.tuned))
+            why.append(f"{flags} by --engine auto: the fastest {self.config.algo} training step measured on a GPU "
+                       f"(benchmarks/results/gpu-h200)")
         return ", ".join(how) + (f" [{'; '.join(why)}]" if why else "")
+
+    def recorded_config(self) -> ExperimentConfig:
+        """The config as a run records it (config.json): the settings `resolve_tuning` filled in unset
+        again, so that a resume, an evaluation or a run on another device decides them afresh."""
+        return dataclasses.replace(self.config, run=dataclasses.replace(
+            self.config.run, **{name: None for name in self.filled}))
 
     @property
     def dataset(self) -> Dataset:

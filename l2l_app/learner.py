@@ -302,6 +302,10 @@ class AlgorithmSpec:
     training task has at most this many images (`SMALL_TASK_IMAGES`; 0: never).
     eval_engine: device type -> engine that scores evaluation episodes, whatever engine trained
     (measured by benchmarks/eval_engines.py; results in benchmarks/results/*/eval_engines.json).
+    gpu_tuning: the run settings (`compile`, `cudnn_benchmark`, `conv_impl`) of the batched
+    training step measured fastest on a GPU for the algorithm's recipe, which `--engine auto`
+    gives a training run on a GPU where the user left them unset (`experiment.resolve_tuning`);
+    empty: not measured, the plain settings.
     """
 
     name: str
@@ -314,6 +318,7 @@ class AlgorithmSpec:
     auto_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
     cpu_batched_up_to_images: int = 0
     eval_engine: Mapping[str, str] = field(default_factory=lambda: dict(LOOP_ON_CPU_BATCHED_ON_CUDA))
+    gpu_tuning: Mapping[str, Any] = field(default_factory=dict)
     aliases: Mapping[str, Alias] = field(default_factory=dict)
     #: settings (flat names) of a short CPU run on Omniglot 5-way that learns visibly in seconds:
     #: the learning tests of every registered algorithm run it

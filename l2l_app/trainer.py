@@ -193,7 +193,7 @@ class Trainer:
         self.preprocessing = (load_preprocessing(self.run_dir, config) if resume
                               else Preprocessing.for_run(dataset, self.train_split))
         self.experiment = Experiment.build(config, device=self.world.device_name, meta_batch=config.optim.meta_batch,
-                                           preprocessing=self.preprocessing)
+                                           preprocessing=self.preprocessing, training=True)
         self.config = self.experiment.config
 
         c, x = self.config, self.experiment
@@ -242,7 +242,8 @@ class Trainer:
         try:
             if state is not None:
                 self._truncate_metrics(self.step)
-            write_json(self.files.file(CONFIG_FILE), c.to_dict())  # on --resume: records what changed
+            # on --resume: records what changed; the tuned settings as given (unset), decided afresh by each run
+            write_json(self.files.file(CONFIG_FILE), x.recorded_config().to_dict())
             if not resume:
                 write_json(self.files.file(PREPROCESSING_FILE), self.preprocessing.to_dict())
                 if self.class_lists is not None:

@@ -3,6 +3,7 @@ model and torch and are recorded in run.json, bad values are refused in one line
 benchmarks/reproduce.py's `--pick` turns bench results into training flags by its stated rule."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import torch
 
 from l2l_app.backbones import TaskConv2d, set_conv_impl
-from l2l_app.experiment import Experiment
+from l2l_app.experiment import PLAIN_TUNING, Experiment, resolve_tuning
+from l2l_app.registry import ALGORITHMS
 from conftest import cli_run, random_episodes, refused
 from enrol import ENGINE_CASES, make_learner, make_net
 from l2l_app.backbones import bn_invariant_biases
@@ -51,6 +53,91 @@ def test_train_with_unfold_convolutions_records_it(tmp_path, cudnn_benchmark_res
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["run"]["conv_impl"] == "unfold"
     assert "unfold convolutions" in json.loads((run / "run.json").read_text())["execution"]
+
+
+CUDA = torch.device("cuda")  # resolve_tuning only reads the device's type: no GPU needed
+
+
+def tuned(cfg, device=CUDA, engine="batched", training=True):
+    resolved, filled = resolve_tuning(cfg, device, engine, training)
+    values = {name: getattr(resolved.run, name) for name in PLAIN_TUNING}
+    return values, tuple(name for name in filled if values[name] != PLAIN_TUNING[name])
+
+
+def test_engine_auto_trains_each_algorithm_on_a_gpu_with_its_measured_fastest_step():
+    assert tuned(config(algo="maml")) == ({"compile": True, "cudnn_benchmark": False, "conv_impl": "unfold"},
+                                          ("compile", "conv_impl"))
+    assert tuned(config(algo="maml", first_order=True))[0]["conv_impl"] == "unfold"  # FOMAML: MAML's spec
+    assert tuned(config(algo="protonet")) == ({"compile": True, "cudnn_benchmark": True, "conv_impl": "native"},
+                                              ("compile", "cudnn_benchmark"))
+    untuned = [name for name, spec in ALGORITHMS.items() if not spec.gpu_tuning]
+    assert "reptile" in untuned
+    for algo in untuned:
+        assert tuned(config(algo=algo)) == (PLAIN_TUNING, ())
+
+
+@pytest.mark.parametrize("where", [dict(device=torch.device("cpu")), dict(engine="loop"), dict(training=False)])
+def test_tuning_is_for_training_with_the_batched_engine_on_a_gpu(where):
+    # on a CPU, with the loop engine, or for an evaluation (not the compiled step): the plain settings
+    assert tuned(config(algo="maml"), **where) == (PLAIN_TUNING, ())
+
+
+def test_tuning_never_overrides_a_setting_the_user_gave():
+    assert tuned(config(algo="maml", engine="batched")) == (PLAIN_TUNING, ())  # not --engine auto
+    # unfold pays only compiled: --no-compile keeps the plain convolutions too
+    assert tuned(config(algo="maml", compile=False)) == (PLAIN_TUNING, ())
+    assert tuned(config(algo="maml", conv_impl="native")) == (PLAIN_TUNING, ())
+    assert tuned(config(algo="maml", conv_impl="unfold")) == (
+        {"compile": True, "cudnn_benchmark": False, "conv_impl": "unfold"}, ("compile",))
+    assert tuned(config(algo="maml", cudnn_benchmark=True)) == (
+        {"compile": True, "cudnn_benchmark": True, "conv_impl": "unfold"}, ("compile", "conv_impl"))
+    assert tuned(config(algo="protonet", conv_impl="channels-last")) == (
+        {"compile": True, "cudnn_benchmark": True, "conv_impl": "channels-last"}, ("compile", "cudnn_benchmark"))
+
+
+def test_a_tuned_run_says_why_and_records_its_settings_unset(cudnn_benchmark_restored):
+    x = Experiment.build(config(algo="maml"), device="cpu", training=True)
+    assert x.tuned == () and "by --engine auto" not in x.describe_execution()
+    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
+    x = dataclasses.replace(x, config=cfg, filled=names)  # as built on a GPU
+    assert ("--compile, --conv-impl unfold by --engine auto: the fastest maml training step measured on a GPU"
+            in x.describe_execution())
+    recorded = x.recorded_config().run
+    assert (recorded.compile, recorded.conv_impl, recorded.cudnn_benchmark) == (None, None, None)
+
+
+def test_a_cpu_run_records_the_tuned_settings_unset_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    args = ("--algo", "maml", "--hidden", "8", "--ways", "3", "--shots", "1", "--queries", "1", "--meta-batch", "2",
+            "--val-every", "2", "--val-episodes", "2", "--device", "cpu", "--quiet")
+    assert cli_run("train", *args, "--iterations", "2", "--out", run).exit_code == 0
+    saved = json.loads((run / "config.json").read_text())["run"]
+    assert (saved["compile"], saved["cudnn_benchmark"], saved["conv_impl"]) == (None, None, None)
+    assert json.loads((run / "run.json").read_text())["compile"] is False
+    result = cli_run("train", "--resume", run, "--iterations", "4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+
+
+GPU_RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "gpu-h200"
+
+
+@pytest.mark.parametrize("algo", [name for name, spec in ALGORITHMS.items() if spec.gpu_tuning])
+def test_each_gpu_tuning_is_the_fastest_configuration_its_committed_benches_measured(algo):
+    """What --engine auto trains with on a GPU is what `reproduce.py --pick` reads from the committed
+    benches of the algorithm's Omniglot 5w1s recipe (each one cuDNN setting and convolution impl)."""
+    benches = [json.loads(p.read_text()) for p in sorted(GPU_RESULTS.glob(f"bench-{algo}-omniglot-5w1s*/bench.json"))]
+    assert len(benches) >= 3, f"no committed GPU benches of {algo}'s configurations"
+    tuning = {**PLAIN_TUNING, **ALGORITHMS[algo].gpu_tuning}
+    expected = ((["--compile"] if tuning["compile"] else []) + (["--cudnn-benchmark"] if tuning["cudnn_benchmark"] else [])
+                + ([f"--conv-impl={tuning['conv_impl']}"] if tuning["conv_impl"] != "native" else []))
+    assert pick_train_args(benches) == expected
+
+
+def test_help_names_the_tuned_defaults():
+    result = cli_run("train", "--help")
+    assert "default: no-compile; with --engine auto, training on a GPU: maml, protonet compile" in " ".join(
+        result.output.split())
 
 
 def test_a_bad_conv_impl_is_refused_in_one_line(tmp_path):
