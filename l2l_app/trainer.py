@@ -384,9 +384,11 @@ class Trainer:
         lockstep, so each finishes its shard and the run stops after it."""
         c = self.config
         stop = None if self.world.distributed else (lambda: self._stop_signal is not None)
-        return evaluate(self.world.sharded(self.experiment.evaluation_learner()), self._val_set, c.run.val_episodes,
-                        protocol={"split": "val"}, progress=self.progress, desc=f"validation at step {self.step}",
-                        quiet_seconds=VALIDATION_QUIET_SECONDS, should_stop=stop)
+        with self.experiment.evaluation_mode():
+            return evaluate(self.world.sharded(self.experiment.evaluation_learner()), self._val_set,
+                            c.run.val_episodes, protocol={"split": "val"}, progress=self.progress,
+                            desc=f"validation at step {self.step}", quiet_seconds=VALIDATION_QUIET_SECONDS,
+                            should_stop=stop)
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal API
         if self._stop_signal is not None or self._signal_seen is not None:

@@ -106,6 +106,22 @@ def test_a_tuned_run_says_why_and_records_its_settings_unset(cudnn_benchmark_res
     assert (recorded.compile, recorded.conv_impl, recorded.cudnn_benchmark) == (None, None, None)
 
 
+def test_validation_scores_with_the_plain_convolutions_where_tuning_picked_unfold(cudnn_benchmark_restored):
+    plain = Experiment.build(config(algo="maml"), device="cpu", training=True)
+    with plain.evaluation_mode():
+        assert all(m.impl == "native" for m in plain.model.modules() if isinstance(m, TaskConv2d))
+    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
+    x = dataclasses.replace(plain, config=cfg, filled=names)  # as built on a GPU: its convolutions unfold
+    set_conv_impl(x.model, "unfold")
+    convs = [m for m in x.model.modules() if isinstance(m, TaskConv2d)]
+    with x.evaluation_mode():
+        assert [m.impl for m in convs] == ["native"] * 4
+    assert [m.impl for m in convs] == ["unfold"] * 4
+    given = Experiment.build(config(algo="maml", conv_impl="unfold"), device="cpu", training=True)
+    with given.evaluation_mode():  # a user's own --conv-impl holds for validation too
+        assert all(m.impl == "unfold" for m in given.model.modules() if isinstance(m, TaskConv2d))
+
+
 def test_a_cpu_run_records_the_tuned_settings_unset_and_resumes(tmp_path):
     run = tmp_path / "run"
     args = ("--algo", "maml", "--hidden", "8", "--ways", "3", "--shots", "1", "--queries", "1", "--meta-batch", "2",

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import BACKBONES, import_submodules
-from .conv import CONV_IMPLS, TaskConv2d, set_conv_impl
+from .conv import CONV_IMPLS, TaskConv2d, conv_impl_mode, set_conv_impl
 from .conv4 import Conv4, conv_block
 from .norm import (BN_EPS, TaskBatchNorm2d, batchnorm_mode, bn_invariant_biases, conv_bn_pairs,
                    native_task_batch_norm, primitive_batch_norm)
@@ -27,7 +27,8 @@ from .spec import BackboneSpec
 import_submodules(__name__)
 
 __all__ = ["BACKBONES", "BackboneSpec", "build_backbone", "Classifier", "assert_no_aliased_submodules",
-           "has_batch_norm", "CONV_IMPLS", "TaskConv2d", "set_conv_impl", "TaskBatchNorm2d", "batchnorm_mode",
+           "has_batch_norm", "CONV_IMPLS", "TaskConv2d", "conv_impl_mode", "set_conv_impl", "TaskBatchNorm2d",
+           "batchnorm_mode",
            "BN_EPS", "primitive_batch_norm", "native_task_batch_norm", "conv_bn_pairs", "bn_invariant_biases",
            "Conv4", "conv_block"]
 

@@ -18,6 +18,9 @@ do not depend on the implementation.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,3 +82,16 @@ def set_conv_impl(model: nn.Module, impl: str) -> nn.Module:
         if isinstance(m, TaskConv2d):
             m.impl = impl
     return model
+
+
+@contextlib.contextmanager
+def conv_impl_mode(model: nn.Module, impl: str) -> Iterator[nn.Module]:
+    """Temporarily switch every TaskConv2d in `model` to `impl` (each one's own impl restored after)."""
+    convs = [m for m in model.modules() if isinstance(m, TaskConv2d)]
+    saved = [m.impl for m in convs]
+    set_conv_impl(model, impl)
+    try:
+        yield model
+    finally:
+        for m, old in zip(convs, saved):
+            m.impl = old
