@@ -84,10 +84,27 @@ def resolve_tuning(config: ExperimentConfig, device: torch.device, engine: str,
     run = config.run
     unset = [name for name in PLAIN_TUNING if getattr(run, name) is None]
     tuning = dict(config.spec.gpu_tuning)
-    tuned = (training and run.engine == "auto" and device.type == "cuda" and engine == "batched"
-             and all(getattr(run, name) in (None, value) for name, value in tuning.items()))
+    tuned = (tuning_applies(config, device, engine, training)
+             and all(getattr(run, name) in (None, value) for name, value in tuning.items())
+             and tuning_blocked(config) is None)
     values = {name: tuning[name] if tuned and name in tuning else PLAIN_TUNING[name] for name in unset}
     return dataclasses.replace(config, run=dataclasses.replace(run, **values)), tuple(unset)
+
+
+def tuning_applies(config: ExperimentConfig, device: torch.device, engine: str, training: bool = True) -> bool:
+    """Whether the algorithm's measured fastest GPU step is wanted: a training run of --engine auto
+    with the batched engine on a GPU, for an algorithm that has one (`AlgorithmSpec.gpu_tuning`)."""
+    return (training and config.run.engine == "auto" and device.type == "cuda" and engine == "batched"
+            and bool(config.spec.gpu_tuning))
+
+
+def tuning_blocked(config: ExperimentConfig) -> Optional[str]:
+    """Why this machine cannot run the algorithm's measured fastest GPU step (None: it can): its
+    torch.compile needs Triton and a C compiler.  Checked up front, so that a default run falls back
+    to the plain step instead of failing at its first compilation."""
+    if config.spec.gpu_tuning.get("compile"):
+        return runtime.gpu_compile_problem()
+    return None
 
 
 def resolve_cuda_graph(config: ExperimentConfig, device: torch.device, engine: str) -> bool:
@@ -191,6 +208,8 @@ class Experiment:
     cuda_graph: bool = False
     #: the settings the config left unset and `resolve_tuning` filled in
     filled: Tuple[str, ...] = ()
+    #: built for a training run (`resolve_tuning` tunes only those)
+    training: bool = False
 
     @property
     def tuned(self) -> Tuple[str, ...]:
@@ -223,7 +242,7 @@ class Experiment:
         model = build_model(config, preprocessing.input_shape).to(dev)
         learner = build_learner(config, model, chosen, config.run.chunk_size)
         return cls(config, dev, chosen, resolve_sampler(sampler or config.data.sampler, chosen), model, learner,
-                   preprocessing, resolve_cuda_graph(config, dev, chosen), filled)
+                   preprocessing, resolve_cuda_graph(config, dev, chosen), filled, training)
 
     @classmethod
     def from_run(cls, run_dir: PathLike, checkpoint: str = "best", device: Optional[str] = None,
@@ -320,6 +339,10 @@ class Experiment:
             why.append(f"--engine auto: {self.engine} ({reason})")
         if c.cuda_graph is None and self.cuda_graph:
             why.append("--cuda-graph by default with the batched engine on a GPU")
+        applies = tuning_applies(self.config, self.device, self.engine, self.training)
+        blocked = tuning_blocked(self.config) if applies else None
+        if blocked and self.filled:
+            why.append(f"not the fastest {self.config.algo} step measured on a GPU, which is compiled: {blocked}")
         if self.tuned:
             flags = ", ".join(flag(name, value) if isinstance(value, bool) else f"{flag(name)} {value}"
                               for name, value in ((n, getattr(c, n)) for n in self.tuned))

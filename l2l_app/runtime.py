@@ -1,13 +1,15 @@
 """Process-level concerns: seeding, device choice, RNG snapshots, environment capture."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import random
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -39,6 +41,16 @@ def set_tf32(enabled: bool) -> None:
     """TF32 convolutions/matmuls on Ampere+ GPUs (off by default: it moves fp32 meta-gradients ~12%)."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+def gpu_compile_problem() -> Optional[str]:
+    """Why torch.compile could not build GPU kernels here (None: nothing missing): they are Triton
+    kernels, whose launchers Triton builds with a C compiler ($CC, else cc, gcc or clang)."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if not os.environ.get("CC") and not any(shutil.which(c) for c in ("cc", "gcc", "clang")):
+        return "no C compiler (cc, gcc or clang) on PATH for Triton"
+    return None
 
 
 def set_cudnn_benchmark(enabled: bool) -> None:

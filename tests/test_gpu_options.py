@@ -58,13 +58,20 @@ def test_train_with_unfold_convolutions_records_it(tmp_path, cudnn_benchmark_res
 CUDA = torch.device("cuda")  # resolve_tuning only reads the device's type: no GPU needed
 
 
+@pytest.fixture
+def gpu_compile_ok(monkeypatch):
+    """As on a machine with Triton and a C compiler (what the tuned GPU step's torch.compile needs)."""
+    from l2l_app import runtime
+    monkeypatch.setattr(runtime, "gpu_compile_problem", lambda: None)
+
+
 def tuned(cfg, device=CUDA, engine="batched", training=True):
     resolved, filled = resolve_tuning(cfg, device, engine, training)
     values = {name: getattr(resolved.run, name) for name in PLAIN_TUNING}
     return values, tuple(name for name in filled if values[name] != PLAIN_TUNING[name])
 
 
-def test_engine_auto_trains_each_algorithm_on_a_gpu_with_its_measured_fastest_step():
+def test_engine_auto_trains_each_algorithm_on_a_gpu_with_its_measured_fastest_step(gpu_compile_ok):
     assert tuned(config(algo="maml")) == ({"compile": True, "cudnn_benchmark": False, "conv_impl": "unfold"},
                                           ("compile", "conv_impl"))
     assert tuned(config(algo="maml", first_order=True))[0]["conv_impl"] == "unfold"  # FOMAML: MAML's spec
@@ -82,7 +89,7 @@ def test_tuning_is_for_training_with_the_batched_engine_on_a_gpu(where):
     assert tuned(config(algo="maml"), **where) == (PLAIN_TUNING, ())
 
 
-def test_tuning_never_overrides_a_setting_the_user_gave():
+def test_tuning_never_overrides_a_setting_the_user_gave(gpu_compile_ok):
     assert tuned(config(algo="maml", engine="batched")) == (PLAIN_TUNING, ())  # not --engine auto
     # unfold pays only compiled: --no-compile keeps the plain convolutions too
     assert tuned(config(algo="maml", compile=False)) == (PLAIN_TUNING, ())
@@ -95,7 +102,7 @@ def test_tuning_never_overrides_a_setting_the_user_gave():
         {"compile": True, "cudnn_benchmark": True, "conv_impl": "channels-last"}, ("compile", "cudnn_benchmark"))
 
 
-def test_a_tuned_run_says_why_and_records_its_settings_unset(cudnn_benchmark_restored):
+def test_a_tuned_run_says_why_and_records_its_settings_unset(gpu_compile_ok, cudnn_benchmark_restored):
     x = Experiment.build(config(algo="maml"), device="cpu", training=True)
     assert x.tuned == () and "by --engine auto" not in x.describe_execution()
     cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
@@ -106,7 +113,27 @@ def test_a_tuned_run_says_why_and_records_its_settings_unset(cudnn_benchmark_res
     assert (recorded.compile, recorded.conv_impl, recorded.cudnn_benchmark) == (None, None, None)
 
 
-def test_validation_scores_with_the_plain_convolutions_where_tuning_picked_unfold(cudnn_benchmark_restored):
+def test_without_triton_or_a_c_compiler_a_gpu_run_trains_the_plain_step_and_says_why(monkeypatch,
+                                                                                       cudnn_benchmark_restored):
+    from l2l_app import runtime
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None if name == "triton" else object())
+    assert runtime.gpu_compile_problem() == "Triton is not installed"
+    assert tuned(config(algo="maml")) == (PLAIN_TUNING, ())  # a default run must not fail at compilation
+    x = Experiment.build(config(algo="maml"), device="cpu", training=True)
+    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
+    gpu = dataclasses.replace(x, config=cfg, filled=names, device=CUDA, engine="batched")
+    assert ("not the fastest maml step measured on a GPU, which is compiled: Triton is not installed"
+            in gpu.describe_execution())
+    monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: object())
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setattr(runtime.shutil, "which", lambda name: None)
+    assert "no C compiler" in runtime.gpu_compile_problem()
+    monkeypatch.setenv("CC", "/opt/cc")
+    assert runtime.gpu_compile_problem() is None
+
+
+def test_validation_scores_with_the_plain_convolutions_where_tuning_picked_unfold(gpu_compile_ok,
+                                                                                  cudnn_benchmark_restored):
     plain = Experiment.build(config(algo="maml"), device="cpu", training=True)
     with plain.evaluation_mode():
         assert all(m.impl == "native" for m in plain.model.modules() if isinstance(m, TaskConv2d))
@@ -145,7 +172,8 @@ def test_each_gpu_tuning_is_the_fastest_configuration_its_committed_benches_meas
     benches = [json.loads(p.read_text()) for p in sorted(GPU_RESULTS.glob(f"bench-{algo}-omniglot-5w1s*/bench.json"))]
     assert len(benches) >= 3, f"no committed GPU benches of {algo}'s configurations"
     tuning = {**PLAIN_TUNING, **ALGORITHMS[algo].gpu_tuning}
-    expected = ((["--compile"] if tuning["compile"] else []) + (["--cudnn-benchmark"] if tuning["cudnn_benchmark"] else [])
+    expected = ((["--compile"] if tuning["compile"] else [])
+                + (["--cudnn-benchmark"] if tuning["cudnn_benchmark"] else [])
                 + ([f"--conv-impl={tuning['conv_impl']}"] if tuning["conv_impl"] != "native" else []))
     assert pick_train_args(benches) == expected
 
