@@ -95,12 +95,22 @@ reproduce() {  # reproduce TIMEOUT ARGS...
 picked() {  # picked RECIPE
   $PY benchmarks/reproduce.py --pick "$RES"/bench-"$1"*/bench.json 2>/dev/null
 }
-CAPTURED=batched-captured-step,batched-compiled-captured-step
-if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
+parity() {  # parity TIMEOUT
   stamp "engine parity on $DEVICE (loop vs batched; captured meta-gradient and whole step vs eager)"
-  timeout 150 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
+  timeout "$1" $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
     || stamp "parity failed or timed out"
   pack
+}
+profile() {  # profile TIMEOUT ARGS... (recipes, --compiled)
+  local limit=$1; shift
+  stamp "where the steps' device time goes (kernels by family)"
+  timeout "$limit" $PY benchmarks/profile_step.py --device "$DEVICE" --out "$RES/profile" "$@" \
+    ${DRY:+--steps 1 --warmup 1} 2>&1 | grep -v "^\(USDT\|ERROR\|STAGE\)" | tail -12 || stamp "profile failed or timed out"
+  pack
+}
+CAPTURED=batched-captured-step,batched-compiled-captured-step
+if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
+  parity 150
   # the recipes' own training workloads (backbone, episode shape and meta-batch as trained), end to end
   # as training runs them on a GPU (the whole step one CUDA graph), in each configuration --pick weighs
   bench bench-maml-omniglot-5w1s 150 --recipe maml-omniglot-5w1s --with-sampler \
@@ -115,30 +125,22 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ] || [ "$STEPS" = essential ]; then
   fi
 fi
 if [ "$STEPS" = explore ]; then
-  stamp "engine parity on $DEVICE (loop vs batched; captured meta-gradient and whole step vs eager)"
-  timeout 90 $PY benchmarks/engine_parity.py --device "$DEVICE" --out "$RES/engine_parity.json" 2>&1 | tail -45 \
-    || stamp "parity failed or timed out"
-  pack
+  parity 90
   # every configuration a training run can pick, on each recipe's own workload, end to end as training runs
   # it (the whole step one CUDA graph); the loop in the first bench of each gives the parity column
-  WHOLE=batched-captured-step,batched-compiled-captured-step
-  bench bench-maml-omniglot-5w1s 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,batched-captured,$WHOLE
-  bench bench-maml-omniglot-5w1s-cudnn-benchmark 75 --recipe maml-omniglot-5w1s --with-sampler --impl $WHOLE \
+  bench bench-maml-omniglot-5w1s 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,batched-captured,$CAPTURED
+  bench bench-maml-omniglot-5w1s-cudnn-benchmark 75 --recipe maml-omniglot-5w1s --with-sampler --impl $CAPTURED \
     --cudnn-benchmark
-  bench bench-maml-omniglot-5w1s-unfold 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,$WHOLE \
+  bench bench-maml-omniglot-5w1s-unfold 120 --recipe maml-omniglot-5w1s --with-sampler --impl loop,$CAPTURED \
     --conv-impl unfold
-  bench bench-protonet-omniglot-5w1s 60 --recipe protonet-omniglot-5w1s --with-sampler --impl loop,batched-captured,$WHOLE
-  bench bench-protonet-omniglot-5w1s-cudnn-benchmark 45 --recipe protonet-omniglot-5w1s --with-sampler --impl $WHOLE \
+  bench bench-protonet-omniglot-5w1s 60 --recipe protonet-omniglot-5w1s --with-sampler --impl loop,batched-captured,$CAPTURED
+  bench bench-protonet-omniglot-5w1s-cudnn-benchmark 45 --recipe protonet-omniglot-5w1s --with-sampler --impl $CAPTURED \
     --cudnn-benchmark
   bench bench-protonet-omniglot-5w1s-cudnn-benchmark-channels-last 45 --recipe protonet-omniglot-5w1s --with-sampler \
-    --impl $WHOLE --cudnn-benchmark --conv-impl channels-last
-  bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler --impl $WHOLE \
+    --impl $CAPTURED --cudnn-benchmark --conv-impl channels-last
+  bench bench-protonet-omniglot-5w1s-unfold 60 --recipe protonet-omniglot-5w1s --with-sampler --impl $CAPTURED \
     --conv-impl unfold
-  stamp "where the steps' device time goes (kernels by family)"
-  timeout 75 $PY benchmarks/profile_step.py --device "$DEVICE" --out "$RES/profile" --compiled maml-omniglot-5w1s \
-    protonet-omniglot-5w1s ${DRY:+--steps 1 --warmup 1} 2>&1 | grep -v "^\(USDT\|ERROR\|STAGE\)" \
-    | tail -12 || stamp "profile failed or timed out"
-  pack
+  profile 75 --compiled maml-omniglot-5w1s protonet-omniglot-5w1s
 fi
 if [ "$STEPS" = maml ]; then
   ARGS=${MAML_ARGS-$(picked maml-omniglot-5w1s)}
@@ -162,11 +164,7 @@ if [ "$STEPS" = all ] || [ "$STEPS" = timing ]; then
   # Reptile: the meta-gradient graph against the whole step (its schedule copied in, epsilon a tensor)
   bench bench-reptile-omniglot-5w1s 60 --recipe reptile-omniglot-5w1s --with-sampler \
     --impl loop,batched-captured,batched-captured-step
-  stamp "where the steps' device time goes (kernels by family)"
-  timeout 90 $PY benchmarks/profile_step.py --device "$DEVICE" --out "$RES/profile" maml-omniglot-5w1s \
-    protonet-omniglot-5w1s reptile-omniglot-5w1s ${DRY:+--steps 1 --warmup 1} 2>&1 | grep -v "^\(USDT\|ERROR\|STAGE\)" \
-    | tail -12 || stamp "profile failed or timed out"
-  pack
+  profile 90 maml-omniglot-5w1s protonet-omniglot-5w1s reptile-omniglot-5w1s
   stamp "captured training resumes"
   timeout 60 $PY benchmarks/captured_resume.py --device "$DEVICE" --out "$RES/captured_resume.json" 2>&1 | tail -5 \
     || stamp "captured resume failed or timed out"

@@ -88,13 +88,9 @@ def tuned_default(name: str) -> str:
     plain = PLAIN_TUNING[name]
     tuned = {algo: spec.gpu_tuning[name] for algo, spec in ALGORITHMS.items() if name in spec.gpu_tuning}
     shown = {algo: _shown_value(name, value) for algo, value in tuned.items() if value != plain}
-    by_value: Dict[str, List[str]] = {}
-    for algo, value in shown.items():
-        by_value.setdefault(value, []).append(algo)
     text = _shown_value(name, plain)
-    if by_value:
-        text += "; with --engine auto, training on a GPU: " + "; ".join(
-            f"{', '.join(algos)} {value}" for value, algos in by_value.items())
+    if shown:
+        text += "; with --engine auto, training on a GPU: " + _grouped(shown, name_owners=True)
     return text
 
 
@@ -121,12 +117,13 @@ def _shown_value(name: str, value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _grouped(shown: Dict[str, str]) -> str:
-    """{'maml': '0.4', 'anil': '0.4', 'reptile': '0.001'} -> 'maml, anil 0.4; reptile 0.001' (one value: itself)."""
+def _grouped(shown: Dict[str, str], name_owners: bool = False) -> str:
+    """{'maml': '0.4', 'anil': '0.4', 'reptile': '0.001'} -> 'maml, anil 0.4; reptile 0.001' (one value:
+    itself, unless `name_owners`)."""
     by_text: Dict[str, List[str]] = {}
     for owner, text in shown.items():
         by_text.setdefault(text, []).append(owner)
-    if len(by_text) == 1:
+    if len(by_text) == 1 and not name_owners:
         return next(iter(by_text))
     return "; ".join(f"{', '.join(owners)} {text}" for text, owners in by_text.items())
 

@@ -83,7 +83,7 @@ def resolve_tuning(config: ExperimentConfig, device: torch.device, engine: str,
     """
     run = config.run
     unset = [name for name in PLAIN_TUNING if getattr(run, name) is None]
-    tuning = dict(config.spec.gpu_tuning)
+    tuning = config.spec.gpu_tuning
     tuned = (tuning_applies(config, device, engine, training)
              and all(getattr(run, name) in (None, value) for name, value in tuning.items())
              and tuning_blocked(config) is None)
@@ -145,7 +145,8 @@ def build_model(config: ExperimentConfig, input_shape: Optional[Tuple[int, ...]]
     backbone = build_backbone(m.backbone, input_shape, m.hidden, **{n: getattr(m, n) for n in MODEL_OPTIONS})
     model = Classifier(backbone, config.task.ways) if config.spec.head else backbone
     assert_no_aliased_submodules(model)
-    return set_conv_impl(model, config.run.conv_impl or PLAIN_TUNING["conv_impl"])  # None: not resolved (bench)
+    # conv_impl None: a config Experiment.build has not resolved (`resolve_tuning`)
+    return set_conv_impl(model, config.run.conv_impl or PLAIN_TUNING["conv_impl"])
 
 
 def build_learner(config: ExperimentConfig, model: nn.Module, engine: str, chunk_size: Optional[int] = None,

@@ -71,6 +71,15 @@ def tuned(cfg, device=CUDA, engine="batched", training=True):
     return values, tuple(name for name in filled if values[name] != PLAIN_TUNING[name])
 
 
+def built_on_a_gpu(**settings) -> Experiment:
+    """The Experiment a GPU training run of `settings` would get (built here on the CPU, then given
+    what `resolve_tuning` picks for CUDA and its convolutions' impl)."""
+    x = Experiment.build(config(**settings), device="cpu", training=True)
+    cfg, filled = resolve_tuning(config(**settings), CUDA, "batched")
+    set_conv_impl(x.model, cfg.run.conv_impl)
+    return dataclasses.replace(x, config=cfg, filled=filled, device=CUDA, engine="batched")
+
+
 def test_engine_auto_trains_each_algorithm_on_a_gpu_with_its_measured_fastest_step(gpu_compile_ok):
     assert tuned(config(algo="maml")) == ({"compile": True, "cudnn_benchmark": False, "conv_impl": "unfold"},
                                           ("compile", "conv_impl"))
@@ -105,8 +114,7 @@ def test_tuning_never_overrides_a_setting_the_user_gave(gpu_compile_ok):
 def test_a_tuned_run_says_why_and_records_its_settings_unset(gpu_compile_ok, cudnn_benchmark_restored):
     x = Experiment.build(config(algo="maml"), device="cpu", training=True)
     assert x.tuned == () and "by --engine auto" not in x.describe_execution()
-    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
-    x = dataclasses.replace(x, config=cfg, filled=names)  # as built on a GPU
+    x = built_on_a_gpu(algo="maml")
     assert ("--compile, --conv-impl unfold by --engine auto: the fastest maml training step measured on a GPU"
             in x.describe_execution())
     recorded = x.recorded_config().run
@@ -119,9 +127,7 @@ def test_without_triton_or_a_c_compiler_a_gpu_run_trains_the_plain_step_and_says
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: None if name == "triton" else object())
     assert runtime.gpu_compile_problem() == "Triton is not installed"
     assert tuned(config(algo="maml")) == (PLAIN_TUNING, ())  # a default run must not fail at compilation
-    x = Experiment.build(config(algo="maml"), device="cpu", training=True)
-    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
-    gpu = dataclasses.replace(x, config=cfg, filled=names, device=CUDA, engine="batched")
+    gpu = built_on_a_gpu(algo="maml")
     assert ("not the fastest maml step measured on a GPU, which is compiled: Triton is not installed"
             in gpu.describe_execution())
     monkeypatch.setattr(runtime.importlib.util, "find_spec", lambda name: object())
@@ -137,10 +143,9 @@ def test_validation_scores_with_the_plain_convolutions_where_tuning_picked_unfol
     plain = Experiment.build(config(algo="maml"), device="cpu", training=True)
     with plain.evaluation_mode():
         assert all(m.impl == "native" for m in plain.model.modules() if isinstance(m, TaskConv2d))
-    cfg, names = resolve_tuning(config(algo="maml"), CUDA, "batched")
-    x = dataclasses.replace(plain, config=cfg, filled=names)  # as built on a GPU: its convolutions unfold
-    set_conv_impl(x.model, "unfold")
+    x = built_on_a_gpu(algo="maml")
     convs = [m for m in x.model.modules() if isinstance(m, TaskConv2d)]
+    assert [m.impl for m in convs] == ["unfold"] * 4
     with x.evaluation_mode():
         assert [m.impl for m in convs] == ["native"] * 4
     assert [m.impl for m in convs] == ["unfold"] * 4

@@ -176,10 +176,9 @@ class BatchedMAML(BatchedLearner):
 # step on an H200, end to end: 6.2 ms captured, 5.8 cuDNN-autotuned, 4.6 compiled, 4.0 compiled and
 # autotuned, 1.75 compiled with unfold convolutions (vmap's per-task weights as batched matrix
 # products; 10.0 ms uncompiled); benchmarks/results/gpu-h200/bench-maml-omniglot-5w1s*/.
-MAML_GPU_TUNING = {"compile": True, "conv_impl": "unfold"}
 register(AlgorithmSpec(
     name="maml", summary="MAML (Finn et al., 2017): a few SGD steps from a meta-learned initialisation",
-    settings=MAMLSettings, loop=MAML, batched=BatchedMAML, gpu_tuning=MAML_GPU_TUNING,
+    settings=MAMLSettings, loop=MAML, batched=BatchedMAML, gpu_tuning={"compile": True, "conv_impl": "unfold"},
     aliases={"fomaml": Alias({"first_order": True}, "first-order MAML")},
     cpu_batched_up_to_images=SMALL_TASK_IMAGES,
     quick=dict(meta_batch=4, inner_lr=0.4, inner_steps=1, test_inner_steps=3, train_queries=1, iterations=100)))
